@@ -1,0 +1,55 @@
+"""`kap db upgrade | downgrade REV | current | check`: the PostgreSQL schema through Alembic."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+db_app = typer.Typer(help="Migrate and inspect the PostgreSQL schema.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _url(ctx: typer.Context) -> str:
+    return str(ctx.obj.resolved_database_url())
+
+
+@db_app.command()
+def upgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from kap.platform.db import migrate  # lazy: Alembic is slow to import
+
+    migrate.upgrade(_url(ctx), revision, migrations_dir=ctx.obj.migrations_dir)
+    console.print(f"database at revision {migrate.current(_url(ctx))}")
+
+
+@db_app.command()
+def downgrade(
+    ctx: typer.Context, revision: Annotated[str, typer.Argument(help="Target revision.")]
+) -> None:
+    """Revert migrations down to REVISION (`base` for an empty schema, `-1` for one step)."""
+    from kap.platform.db import migrate  # lazy: Alembic is slow to import
+
+    migrate.downgrade(_url(ctx), revision, migrations_dir=ctx.obj.migrations_dir)
+    console.print(f"database at revision {migrate.current(_url(ctx))}")
+
+
+@db_app.command()
+def current(ctx: typer.Context) -> None:
+    """Print the current revision."""
+    from kap.platform.db import migrate  # lazy: Alembic is slow to import
+
+    typer.echo(migrate.current(_url(ctx)) or "base")
+
+
+@db_app.command()
+def check(ctx: typer.Context) -> None:
+    """Fail when the models and the migrations disagree."""
+    from kap.platform.db import migrate  # lazy: Alembic is slow to import
+
+    migrate.check(_url(ctx), migrations_dir=ctx.obj.migrations_dir)
+    console.print("no drift between models and migrations")

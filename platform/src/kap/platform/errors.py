@@ -1,0 +1,27 @@
+"""The exception tree of kap: one root, a subclass per subsystem; retries key off these types."""
+
+from __future__ import annotations
+
+
+class KapError(Exception):
+    """Root of every error kap raises on purpose."""
+
+
+class ConfigError(KapError):
+    """Settings are missing or inconsistent."""
+
+
+class ServiceError(KapError):
+    """A local service could not be installed, started, reached or stopped."""
+
+
+class DatabaseError(KapError):
+    """PostgreSQL schema or migration problem."""
+
+
+class GraphStoreError(KapError):
+    """Neo4j schema, query or ingestion problem."""
+
+
+class QueueError(KapError):
+    """Celery configuration problem."""

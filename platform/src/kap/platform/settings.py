@@ -1,0 +1,139 @@
+"""The one settings object of kap, read from `KAP_*` environment variables at entry points.
+
+Build it once where a program starts (`kap` commands, the Celery worker, Alembic's env.py,
+test fixtures) and pass it down; library code takes values, never reads the environment.
+
+The local services keep their generated passwords in the state directory (`KAP_HOME`,
+`.kap/` by default); when no URL is given explicitly, the connection facts are derived from
+the state directory and the configured ports, so `kap services up` and every client agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kap.platform.errors import ConfigError
+
+LOOPBACK = "127.0.0.1"
+
+
+class Settings(BaseSettings):
+    """Everything kap reads from the environment. Every field is `KAP_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="KAP_", extra="ignore", frozen=True)
+
+    home: Annotated[Path, Field(description="State directory: data, logs, passwords.")] = Path(
+        ".kap"
+    )
+    neo4j_port: Annotated[int, Field(ge=1, le=65535, description="Local Neo4j Bolt port.")] = 7697
+    postgres_port: Annotated[int, Field(ge=1, le=65535, description="Local PostgreSQL port.")] = (
+        55432
+    )
+    redis_port: Annotated[int, Field(ge=1, le=65535, description="Local Redis port.")] = 6389
+
+    neo4j_uri: Annotated[
+        str | None, Field(description="Existing Neo4j server; the local one when unset.")
+    ] = None
+    neo4j_user: str = "neo4j"
+    neo4j_password: Annotated[
+        str | None, Field(description="Password for neo4j_uri; read from the state dir if unset.")
+    ] = None
+    neo4j_database: str = "neo4j"
+    neo4j_heap: Annotated[str, Field(description="JVM heap of the local Neo4j.")] = "1g"
+    neo4j_pagecache: Annotated[str, Field(description="Page cache of the local Neo4j.")] = "512m"
+
+    database_url: Annotated[
+        str | None,
+        Field(description="Existing PostgreSQL (SQLAlchemy URL); the local cluster when unset."),
+    ] = None
+    broker_url: Annotated[
+        str | None, Field(description="Existing Redis broker for Celery; the local one when unset.")
+    ] = None
+
+    service_timeout: Annotated[
+        float, Field(gt=0, description="Seconds to wait for a service to become healthy.")
+    ] = 120.0
+    task_time_limit: Annotated[
+        int, Field(gt=0, description="Hard time limit (s) of any Celery task unless it sets one.")
+    ] = 3600
+    visibility_timeout: Annotated[
+        int, Field(gt=0, description="Redis visibility timeout (s); must exceed every time limit.")
+    ] = 7200
+
+    migrations_dir: Annotated[
+        Path | None, Field(description="Folder holding alembic.ini's script location.")
+    ] = None
+
+    @model_validator(mode="after")
+    def _visibility_above_time_limit(self) -> Settings:
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                f"KAP_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must exceed "
+                f"KAP_TASK_TIME_LIMIT ({self.task_time_limit}s): Redis redelivers a task that "
+                "is unacknowledged for longer than the visibility timeout, even a running one"
+            )
+        return self
+
+    # ---- derived paths ----
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    def service_dir(self, name: str) -> Path:
+        return self.state_dir / name
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def secret_path(self, name: str) -> Path:
+        return self.state_dir / "secrets" / name
+
+    def _secret(self, name: str) -> str:
+        path = self.secret_path(name)
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no password at {path}: run `kap services up` first "
+                f"(or set KAP_{name.upper()}_URL / KAP_NEO4J_PASSWORD for an existing server)"
+            ) from None
+
+    # ---- connection facts ----
+
+    @property
+    def local_neo4j(self) -> bool:
+        return self.neo4j_uri is None
+
+    @property
+    def local_postgres(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def local_redis(self) -> bool:
+        return self.broker_url is None
+
+    def resolved_neo4j_uri(self) -> str:
+        return self.neo4j_uri or f"bolt://{LOOPBACK}:{self.neo4j_port}"
+
+    def resolved_neo4j_password(self) -> str:
+        if self.neo4j_password is not None:
+            return self.neo4j_password
+        return self._secret("neo4j")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url
+        password = self._secret("postgres")
+        return f"postgresql+psycopg://kap:{password}@{LOOPBACK}:{self.postgres_port}/kap"
+
+    def resolved_broker_url(self) -> str:
+        if self.broker_url is not None:
+            return self.broker_url
+        password = self._secret("redis")
+        return f"redis://:{password}@{LOOPBACK}:{self.redis_port}/0"

@@ -1,0 +1,86 @@
+"""Shared fixtures: test settings and the real local services they point at.
+
+Tests use their own state directory (`.kap-test/` at the repository root unless KAP_HOME is
+set) and their own ports, so they never touch the demo's data. `make test` brings the services
+up before pytest runs; when run alone, the `services` fixture brings up whatever is missing.
+Under CI=true a service that cannot be started is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kap.platform.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Test defaults, used only where the environment does not say otherwise.
+TEST_ENV = {
+    "KAP_HOME": str(REPO_ROOT / ".kap-test"),
+    "KAP_NEO4J_PORT": "7698",
+    "KAP_POSTGRES_PORT": "55433",
+    "KAP_REDIS_PORT": "6390",
+}
+
+
+def kap_test_env() -> dict[str, str]:
+    """The environment a subprocess under test needs to reach the test services."""
+    env = dict(os.environ)
+    for key, value in TEST_ENV.items():
+        env.setdefault(key, value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def kap_env() -> dict[str, str]:
+    return kap_test_env()
+
+
+@pytest.fixture(scope="session")
+def kap_settings(kap_env: dict[str, str]) -> Settings:
+    overrides = {k: v for k, v in kap_env.items() if k.startswith("KAP_")}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in overrides.items():
+            mp.setenv(key, value)
+        return Settings()
+
+
+@pytest.fixture(scope="session")
+def services(kap_settings: Settings) -> Settings:
+    """Ensure the local services the settings point at are running (idempotent)."""
+    from kap.platform.services.manager import ServiceManager
+
+    ServiceManager(kap_settings).up()
+    return kap_settings
+
+
+@pytest.fixture(scope="session")
+def database_url(kap_settings: Settings) -> str:
+    from kap.platform.services.manager import ServiceManager
+
+    ServiceManager(kap_settings).up(["postgres"])
+    return kap_settings.resolved_database_url()
+
+
+@pytest.fixture
+def empty_database(database_url: str) -> Iterator[str]:
+    """A freshly created, empty PostgreSQL database; dropped afterwards."""
+    import sqlalchemy as sa
+
+    name = f"kap_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(
+        sa.make_url(database_url).set(database="postgres"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
