@@ -9,6 +9,7 @@ kap version
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from importlib.metadata import entry_points
@@ -67,20 +68,23 @@ def worker(
     concurrency: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo, threads.")] = "prefork",
+    include: Annotated[
+        list[str] | None, typer.Option(help="Extra task modules to import (repeatable).")
+    ] = None,
 ) -> None:
     """Start a Celery worker on the kap app (runs until stopped)."""
     from kap.platform.queue import configure
 
-    celery = configure(ctx.obj)
-    celery.worker_main(
-        ["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel, "-P", pool, "-n", "kap@%h"]
-    )
+    celery = configure(ctx.obj, extra_modules=include or ())
+    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel, "-P", pool]
+    celery.worker_main([*argv, "-n", f"kap-{os.getpid()}@%h"])
 
 
 @queue_app.command("ping")
 def queue_ping(
     ctx: typer.Context,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a worker.")] = 60.0,
+    queue: Annotated[str, typer.Option(help="Queue to send the ping to.")] = "default",
 ) -> None:
     """Round-trip a task through the broker and a running worker; print the worker's answer."""
     from celery.exceptions import TimeoutError as CeleryTimeout
@@ -89,7 +93,7 @@ def queue_ping(
 
     configure(ctx.obj, load_tasks=False)
     sent = time.monotonic()
-    result = ping.apply_async(args=["hello"])
+    result = ping.apply_async(args=["hello"], queue=queue)
     try:
         answer = result.get(timeout=timeout)
     except CeleryTimeout:

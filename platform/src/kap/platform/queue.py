@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
@@ -49,7 +50,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_time_limit": settings.task_time_limit,
-        "task_soft_time_limit": max(1, settings.task_time_limit - 30),
+        # No global soft limit: Celery copies it onto every task, where it would exceed the
+        # hard limit of any task that sets a shorter one. Tasks that clean up set their own.
         "task_track_started": True,
         "task_default_queue": "default",
         "task_create_missing_queues": True,
@@ -59,12 +61,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def configure(settings: Settings, *, load_tasks: bool = True) -> Celery:
+def configure(
+    settings: Settings, *, load_tasks: bool = True, extra_modules: Iterable[str] = ()
+) -> Celery:
     """Point the app at the broker of `settings`, load the members' task modules, check limits."""
     app.conf.update(celery_config(settings))
     if load_tasks:
-        for ep in entry_points(group=TASK_MODULES_GROUP):
-            import_module(ep.value)
+        modules = [ep.value for ep in entry_points(group=TASK_MODULES_GROUP)]
+        for module in [*modules, *extra_modules]:
+            import_module(module)
     check_time_limits(app)
     return app
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The main job, end to end, as a readable script of stages. Called by `make demo` after set-up.
+# Each later stage of kap (ingest, self-play, curation, training, explorer) adds its step here.
+set -euo pipefail
+
+stage() { printf '\n\033[1;36m[%s] %s\033[0m\n' "$1" "$2"; }
+kap() { uv run --frozen kap "$@"; }
+
+stage 1 "local services: Neo4j, PostgreSQL, Redis"
+kap services up
+
+stage 2 "PostgreSQL schema (Alembic)"
+kap db upgrade
+
+stage 3 "Neo4j schema: constraints and full-text indexes"
+kap graph schema
+
+stage 4 "a query on each store: RETURN 1, SELECT 1, PING"
+kap services check
+
+stage 5 "a Celery task round trip through a real worker"
+home="$(kap services status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["state_dir"])')"
+worker_log="$home/logs/worker.log"
+kap worker --concurrency 1 >"$worker_log" 2>&1 &
+worker_pid=$!
+trap 'kill "$worker_pid" 2>/dev/null || true; wait "$worker_pid" 2>/dev/null || true' EXIT
+kap queue ping --timeout 120
+kill "$worker_pid"; wait "$worker_pid" 2>/dev/null || true
+trap - EXIT
+echo "worker stopped (its log: $worker_log)"
+
+stage 6 "where everything is"
+kap services status
+cat <<MSG
+
+State, data, logs and generated passwords live in $home (KAP_HOME moves it).
+Connection facts for scripts:  uv run kap services status --json
+Stop everything:               uv run kap services down
+MSG
