@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-
 app = typer.Typer(help="The Knowledge-Action Graph in Neo4j.", no_args_is_help=True)
 console = Console(stderr=True)
 
