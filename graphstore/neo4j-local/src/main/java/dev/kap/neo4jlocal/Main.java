@@ -125,6 +125,8 @@ public final class Main {
 
         String password = readPassword(Path.of(pwFileArg));
 
+        checkPortFree(bindAddress, address, port);
+
         Path home = Path.of(homeArg).toAbsolutePath().normalize();
         Path logs = home.resolve("logs");
         try {
@@ -132,8 +134,6 @@ public final class Main {
         } catch (IOException e) {
             throw new Fail(EXIT_FAILURE, "cannot create home directory " + home + ": " + e);
         }
-
-        checkPortFree(bindAddress, address, port);
 
         userLogStream = new FileOutputStream(logs.resolve("neo4j.log").toFile(), true);
         userLog = new Log4jLogProvider(userLogStream);
@@ -248,8 +248,10 @@ public final class Main {
         String pw;
         try {
             pw = Files.readString(file, StandardCharsets.UTF_8).trim();
+        } catch (java.nio.file.NoSuchFileException e) {
+            throw new Fail(EXIT_USAGE, "password file " + file + " does not exist");
         } catch (IOException e) {
-            throw new Fail(EXIT_USAGE, "cannot read password file " + file + ": " + e.getMessage());
+            throw new Fail(EXIT_USAGE, "cannot read password file " + file + ": " + e);
         }
         if (pw.isEmpty()) {
             throw new Fail(EXIT_USAGE, "password file " + file + " is empty");
