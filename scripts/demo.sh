@@ -21,7 +21,8 @@ kap services check
 stage 5 "a Celery task round trip through a real worker"
 home="$(kap services status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["state_dir"])')"
 worker_log="$home/logs/worker.log"
-kap worker --concurrency 1 >"$worker_log" 2>&1 &
+# Run the worker's own executable, not through `uv run`, so that $! is the worker itself.
+.venv/bin/kap worker --concurrency 1 >"$worker_log" 2>&1 &
 worker_pid=$!
 trap 'kill "$worker_pid" 2>/dev/null || true; wait "$worker_pid" 2>/dev/null || true' EXIT
 kap queue ping --timeout 120
