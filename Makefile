@@ -9,12 +9,13 @@ LAUNCHER_JAR := $(LAUNCHER)/target/neo4j-local.jar
 # Tests run on their own state directory and ports, never the demo's.
 TEST_ENV := KAP_HOME=$(CURDIR)/.kap-test KAP_NEO4J_PORT=7698 KAP_POSTGRES_PORT=55433 KAP_REDIS_PORT=6390
 
-.PHONY: help setup system python-env demo test check format services-up services-down clean
+.PHONY: help setup system python-env demo test check format bench services-up services-down clean
 
 help:
 	@echo "make demo           set up, start the local services, run kap end to end"
 	@echo "make test           set up, start the test services, run lint and the whole suite"
 	@echo "make check          ruff check, ruff format --check, mypy"
+	@echo "make bench          run the benchmarks in benchmarks/ (tables printed, JSON written)"
 	@echo "make services-up    start Neo4j, PostgreSQL and Redis under .kap/"
 	@echo "make services-down  stop them"
 
@@ -44,6 +45,9 @@ check: python-env
 
 format: python-env
 	@$(ENV) uv run ruff format . && uv run ruff check --fix .
+
+bench: setup
+	@$(ENV) scripts/bench.sh
 
 services-up: setup
 	@$(ENV) uv run kap services up

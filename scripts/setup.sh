@@ -33,6 +33,9 @@ else
   say "Debian packages present (postgresql, redis-server, java 17, maven, python3)"
 fi
 
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "kap needs Python >= 3.11; python3 is $(python3 -V 2>&1) (Debian 12 ships 3.11)"
+
 # ---- uv ----
 UV_HOME="${KAP_UV_HOME:-$HOME/.local/share/kap-uv}"
 if command -v uv >/dev/null; then

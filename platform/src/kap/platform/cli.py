@@ -88,10 +88,16 @@ def queue_ping(
 ) -> None:
     """Round-trip a task through the broker and a running worker; print the worker's answer."""
     from celery.exceptions import TimeoutError as CeleryTimeout
+    from kombu.exceptions import OperationalError
 
     from kap.platform.queue import configure, ping
 
-    configure(ctx.obj, load_tasks=False)
+    celery = configure(ctx.obj, load_tasks=False)
+    try:  # fail fast and clearly instead of inside Celery's result-consumer retries
+        with celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+    except OperationalError as exc:
+        raise QueueError(f"cannot reach the broker: {exc}") from None
     sent = time.monotonic()
     result = ping.apply_async(args=["hello"], queue=queue)
     try:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from kap.platform.errors import DatabaseError
 
 db_app = typer.Typer(help="Migrate and inspect the PostgreSQL schema.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -13,6 +17,19 @@ console = Console(stderr=True)
 
 def _url(ctx: typer.Context) -> str:
     return str(ctx.obj.resolved_database_url())
+
+
+@contextmanager
+def _reaching(url: str) -> Iterator[None]:
+    """Turn "cannot connect" into one line naming the server (password hidden)."""
+    import sqlalchemy as sa
+
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        where = sa.make_url(url).render_as_string(hide_password=True)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise DatabaseError(f"cannot reach PostgreSQL at {where}: {reason}") from None
 
 
 @db_app.command()
@@ -23,8 +40,9 @@ def upgrade(
     """Apply migrations up to REVISION (default: head)."""
     from kap.platform.db import migrate  # lazy: Alembic is slow to import
 
-    migrate.upgrade(_url(ctx), revision, migrations_dir=ctx.obj.migrations_dir)
-    console.print(f"database at revision {migrate.current(_url(ctx))}")
+    with _reaching(_url(ctx)):
+        migrate.upgrade(_url(ctx), revision, migrations_dir=ctx.obj.migrations_dir)
+        console.print(f"database at revision {migrate.current(_url(ctx))}")
 
 
 @db_app.command()
@@ -34,8 +52,9 @@ def downgrade(
     """Revert migrations down to REVISION (`base` for an empty schema, `-1` for one step)."""
     from kap.platform.db import migrate  # lazy: Alembic is slow to import
 
-    migrate.downgrade(_url(ctx), revision, migrations_dir=ctx.obj.migrations_dir)
-    console.print(f"database at revision {migrate.current(_url(ctx))}")
+    with _reaching(_url(ctx)):
+        migrate.downgrade(_url(ctx), revision, migrations_dir=ctx.obj.migrations_dir)
+        console.print(f"database at revision {migrate.current(_url(ctx))}")
 
 
 @db_app.command()
@@ -43,7 +62,8 @@ def current(ctx: typer.Context) -> None:
     """Print the current revision."""
     from kap.platform.db import migrate  # lazy: Alembic is slow to import
 
-    typer.echo(migrate.current(_url(ctx)) or "base")
+    with _reaching(_url(ctx)):
+        typer.echo(migrate.current(_url(ctx)) or "base")
 
 
 @db_app.command()
@@ -51,5 +71,6 @@ def check(ctx: typer.Context) -> None:
     """Fail when the models and the migrations disagree."""
     from kap.platform.db import migrate  # lazy: Alembic is slow to import
 
-    migrate.check(_url(ctx), migrations_dir=ctx.obj.migrations_dir)
+    with _reaching(_url(ctx)):
+        migrate.check(_url(ctx), migrations_dir=ctx.obj.migrations_dir)
     console.print("no drift between models and migrations")
