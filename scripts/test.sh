@@ -11,6 +11,9 @@ uv run ruff check .
 say "ruff format --check"
 uv run ruff format --check .
 
+say "mypy (strict for platform, graphstore, workers)"
+uv run mypy
+
 say "starting the test services (state in ${KAP_HOME})"
 if [ "${KEEP_SERVICES:-0}" != 1 ]; then
   trap 'say "stopping the test services"; uv run kap services down || true' EXIT

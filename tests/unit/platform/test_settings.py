@@ -64,3 +64,13 @@ def test_bad_port_is_refused(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("KAP_NEO4J_PORT", "70000")
     with pytest.raises(ValidationError, match="neo4j_port"):
         Settings()
+
+
+def test_the_test_services_never_share_state_or_ports_with_the_demo(
+    kap_settings: Settings, clean_env: pytest.MonkeyPatch
+) -> None:
+    demo = Settings()  # what `make demo` uses: no KAP_* variables set
+    assert kap_settings.state_dir != demo.state_dir
+    test_ports = {kap_settings.neo4j_port, kap_settings.postgres_port, kap_settings.redis_port}
+    demo_ports = {demo.neo4j_port, demo.postgres_port, demo.redis_port}
+    assert len(test_ports) == 3 and not test_ports & demo_ports

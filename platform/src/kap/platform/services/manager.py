@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import neo4j
@@ -51,19 +52,28 @@ class ServiceManager:
         return chosen
 
     def up(self, names: Iterable[str] | None = None) -> None:
+        """Bring every selected service up, all at once (Neo4j's JVM start dominates)."""
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        for name in self._select(names):
-            began = time.monotonic()
-            service = self.local.get(name)
-            if service is None:
-                if not self._external_up(name):
-                    raise ServiceError(f"{name}: the existing server configured is not reachable")
-                self.report(f"{name}: existing server reachable")
-                continue
-            started = service.up()
-            took = time.monotonic() - began
-            verb = f"started in {took:.1f}s" if started else "already running"
-            self.report(f"{name}: {verb} on 127.0.0.1:{service.port}")
+        chosen = self._select(names)
+        with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
+            futures = {name: pool.submit(self._up_one, name) for name in chosen}
+        for future in futures.values():
+            error = future.exception()
+            if error is not None:
+                raise error  # the first failed service, in the order they were named
+
+    def _up_one(self, name: str) -> None:
+        began = time.monotonic()
+        service = self.local.get(name)
+        if service is None:
+            if not self._external_up(name):
+                raise ServiceError(f"{name}: the existing server configured is not reachable")
+            self.report(f"{name}: existing server reachable")
+            return
+        started = service.up()
+        took = time.monotonic() - began
+        verb = f"started in {took:.1f}s" if started else "already running"
+        self.report(f"{name}: {verb} on 127.0.0.1:{service.port}")
 
     def down(self, names: Iterable[str] | None = None) -> None:
         for name in reversed(self._select(names)):
