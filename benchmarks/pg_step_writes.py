@@ -15,8 +15,7 @@ import json
 import platform
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +25,10 @@ from sqlalchemy.orm import Session
 
 from kap.platform.db import Campaign, Step, Task, Trajectory, make_engine
 from kap.platform.db.migrate import upgrade
+from kap.platform.db.scratch import scratch_database
 from kap.platform.settings import Settings
 
 RESULTS = Path(__file__).parent / "results" / "pg_step_writes.json"
-
-
-@contextmanager
-def scratch_database(url: str) -> Iterator[str]:
-    name = f"kap_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(
-        sa.make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def step_rows(trajectory_id: uuid.UUID, n: int) -> list[dict[str, Any]]:
@@ -174,7 +158,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=250)
     args = parser.parse_args()
     settings = Settings()
-    with scratch_database(settings.resolved_database_url()) as url:
+    with scratch_database(settings.resolved_database_url(), prefix="kap_bench") as url:
         upgrade(url)
         results = run(url, args.trajectories, args.steps)
     base = results["orm, flush per row"]["seconds"]

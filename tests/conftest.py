@@ -9,7 +9,6 @@ Under CI=true a service that cannot be started is a failure, never a skip.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,17 +69,7 @@ def database_url(kap_settings: Settings) -> str:
 @pytest.fixture
 def empty_database(database_url: str) -> Iterator[str]:
     """A freshly created, empty PostgreSQL database; dropped afterwards."""
-    import sqlalchemy as sa
+    from kap.platform.db.scratch import scratch_database
 
-    name = f"kap_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(
-        sa.make_url(database_url).set(database="postgres"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(database_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(database_url, prefix="kap_test") as url:
+        yield url
