@@ -25,3 +25,7 @@ class GraphStoreError(KapError):
 
 class QueueError(KapError):
     """Celery configuration problem."""
+
+
+class LoaderError(GraphStoreError):
+    """An input file cannot be ingested; the message names the file and the line or record."""
