@@ -1,0 +1,173 @@
+"""Ingestion into the real Neo4j: idempotence, resumption, deletion, hostile names as data."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import neo4j
+import pytest
+
+from kap.graphstore.connection import connect
+from kap.graphstore.ingest import Ingestor, delete_document, entity_id
+from kap.graphstore.records import LoadResult, SourceDocument, Triple
+from kap.graphstore.schema import ensure_schema
+from kap.platform.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+HOSTILE = 'Bobby\'}) DETACH DELETE n // `tables` {$x} "quoted"'
+
+CORPUS = LoadResult(
+    documents=[
+        SourceDocument("Ada Lovelace", "Ada Lovelace worked with Charles Babbage on the "
+                       "Analytical Engine in London.", "t#0"),
+        SourceDocument("Charles Babbage", "Charles Babbage designed the Analytical Engine. "
+                       "He lived in London.", "t#1"),
+        SourceDocument("Analytical Engine", "The Analytical Engine was a proposed mechanical "
+                       "computer.", "t#2", links=("Charles Babbage",)),
+        SourceDocument("London", "London is the capital of England. " * 120, "t#3"),
+        SourceDocument(HOSTILE, f"{HOSTILE} wrote about London and Ada Lovelace.", "t#4"),
+    ],
+    triples=[Triple("Ada Lovelace", "collaborated_with", "Charles Babbage", "t:1",
+                    evidence="Lovelace translated Menabrea's paper for Babbage.")],
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def driver(services: Settings) -> Iterator[neo4j.Driver]:
+    with connect(services) as drv:
+        ensure_schema(drv)
+        yield drv
+
+
+@pytest.fixture
+def domain(driver: neo4j.Driver) -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    driver.execute_query("MATCH (n {domain: $d}) DETACH DELETE n", d=name)
+
+
+def snapshot(driver: neo4j.Driver, domain: str) -> tuple[list[Any], list[Any]]:
+    nodes = driver.execute_query(
+        "MATCH (n {domain: $d}) RETURN labels(n) AS l, properties(n) AS p", d=domain
+    ).records
+    rels = driver.execute_query(
+        "MATCH (a {domain: $d})-[r]->(b) RETURN a.id AS a, type(r) AS t, properties(r) AS p, "
+        "b.id AS b",
+        d=domain,
+    ).records
+    norm = lambda v: sorted(v) if isinstance(v, list) else v  # noqa: E731 (evidence order is set-like)
+    node_rows = sorted(
+        repr((r["l"], sorted((k, norm(v)) for k, v in r["p"].items()))) for r in nodes
+    )
+    rel_rows = sorted(
+        repr((r["a"], r["t"], sorted((k, norm(v)) for k, v in r["p"].items()), r["b"]))
+        for r in rels
+    )
+    return node_rows, rel_rows
+
+
+def test_ingest_builds_documents_chunks_entities_and_facts(
+    driver: neo4j.Driver, domain: str
+) -> None:
+    stats = Ingestor(driver, domain, batch_size=2).run(CORPUS)
+    assert stats.documents == 6  # five pages and one evidence text
+    assert stats.chunks > stats.documents  # London's long page is cut into several chunks
+    chain = driver.execute_query(
+        "MATCH (a:Entity {id: $a})-[r:REL {predicate: 'mentions'}]->(b:Entity {id: $b}) "
+        "MATCH (c:Chunk) WHERE c.id IN r.evidence RETURN c.text AS text",
+        a=entity_id(domain, "Ada Lovelace"), b=entity_id(domain, "Charles Babbage"),
+    ).records  # fmt: skip
+    assert chain and "Charles Babbage" in chain[0]["text"]
+    link = driver.execute_query(
+        "MATCH (:Entity {id: $a})-[r:REL {predicate: 'links_to'}]->(:Entity {id: $b}) RETURN r",
+        a=entity_id(domain, "Analytical Engine"), b=entity_id(domain, "Charles Babbage"),
+    ).records  # fmt: skip
+    assert len(link) == 1
+    typed = driver.execute_query(
+        "MATCH (:Entity {id: $a})-[r:REL {predicate: 'collaborated_with'}]->() "
+        "MATCH (c:Chunk) WHERE c.id IN r.evidence RETURN c.text AS text",
+        a=entity_id(domain, "Ada Lovelace"),
+    ).records
+    assert [r["text"] for r in typed] == ["Lovelace translated Menabrea's paper for Babbage."]
+    nexts = driver.execute_query(
+        "MATCH (:Chunk {domain: $d})-[:NEXT]->(:Chunk) RETURN count(*) AS n", d=domain
+    ).records[0]["n"]
+    assert nexts == stats.chunks - stats.documents
+
+
+def test_hostile_names_are_stored_verbatim(driver: neo4j.Driver, domain: str) -> None:
+    Ingestor(driver, domain).run(CORPUS)
+    names = driver.execute_query(
+        "MATCH (e:Entity {domain: $d}) RETURN e.name AS name", d=domain
+    ).records
+    assert HOSTILE in {r["name"] for r in names}
+    assert (
+        driver.execute_query("MATCH (n {domain: $d}) RETURN count(n) AS n", d=domain).records[0][
+            "n"
+        ]
+        > 5
+    )  # nothing was deleted by the name
+
+
+def test_ingesting_twice_changes_nothing(driver: neo4j.Driver, domain: str) -> None:
+    Ingestor(driver, domain, batch_size=2).run(CORPUS)
+    first = snapshot(driver, domain)
+    Ingestor(driver, domain, batch_size=3).run(CORPUS)
+    assert snapshot(driver, domain) == first
+
+
+def test_a_run_killed_half_way_and_restarted_equals_a_clean_run(
+    driver: neo4j.Driver, domain: str
+) -> None:
+    Ingestor(driver, domain, batch_size=2).run(CORPUS)
+    clean = snapshot(driver, domain)
+    driver.execute_query("MATCH (n {domain: $d}) DETACH DELETE n", d=domain)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_first_batch(_: int) -> None:
+        raise Killed
+
+    with pytest.raises(Killed):
+        Ingestor(driver, domain, batch_size=2).run(CORPUS, progress=die_after_first_batch)
+    partial = snapshot(driver, domain)
+    assert 0 < len(partial[0]) < len(clean[0])
+    Ingestor(driver, domain, batch_size=2).run(CORPUS)
+    assert snapshot(driver, domain) == clean
+
+
+def test_deleting_a_document_removes_what_only_it_supported(
+    driver: neo4j.Driver, domain: str
+) -> None:
+    Ingestor(driver, domain).run(CORPUS)
+    doc = driver.execute_query(
+        "MATCH (d:Document {domain: $d, title: 'Ada Lovelace'}) RETURN d.id AS id", d=domain
+    ).records[0]["id"]
+    removed = delete_document(driver, doc, domain=domain)
+    assert removed
+    left = driver.execute_query(
+        "MATCH (c:Chunk) WHERE c.id IN $ids RETURN count(c) AS n", ids=removed
+    ).records[0]["n"]
+    assert left == 0
+    ada, babbage = entity_id(domain, "Ada Lovelace"), entity_id(domain, "Charles Babbage")
+    rels = driver.execute_query(
+        "MATCH (:Entity {id: $a})-[r:REL]->(:Entity {id: $b}) RETURN r.predicate AS p, "
+        "r.evidence AS ev", a=ada, b=babbage,
+    ).records  # fmt: skip
+    # "mentions" had only Ada's page as evidence: gone. The triple's fact keeps its own.
+    assert [r["p"] for r in rels] == ["collaborated_with"]
+    assert all(not set(r["ev"]) & set(removed) for r in rels)
+    still = driver.execute_query(
+        "MATCH (d:Document {domain: $d}) RETURN count(d) AS n", d=domain
+    ).records[0]["n"]
+    assert still == 5
+    assert (
+        driver.execute_query("MATCH (e:Entity {id: $a}) RETURN count(e) AS n", a=ada).records[0][
+            "n"
+        ]
+        == 1
+    )  # entities stay: other documents still name them
