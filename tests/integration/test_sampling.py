@@ -85,3 +85,15 @@ def test_neighbourhood_grows_with_hops(graph: tuple) -> None:
         neighbourhood(driver, engine, 0)
     with pytest.raises(GraphStoreError, match="no entity"):
         neighbourhood(driver, "entity:nope", 1)
+
+
+def test_find_entity_by_name_alias_or_hostile_text(graph: tuple) -> None:
+    from kap.graphstore.sampling import find_entity
+    from tests.integration.test_ingest import HOSTILE
+
+    driver, domain = graph
+    assert find_entity(driver, "  ada   LOVELACE ", domain=domain)["name"] == "Ada Lovelace"
+    assert find_entity(driver, HOSTILE, domain=domain)["name"] == HOSTILE
+    assert find_entity(driver, "Analytical", domain=domain)["name"] == "Analytical Engine"
+    with pytest.raises(GraphStoreError, match="no entity named"):
+        find_entity(driver, 'zzz" OR *:* ) AND (', domain=domain)

@@ -201,3 +201,35 @@ def neighbourhood(
             raise GraphStoreError(f"no entity with id {entity_id!r}")
         return {"nodes": [{"id": entity_id, "name": exists[0]["name"]}], "relations": []}
     return {"nodes": records[0]["nodes"], "relations": records[0]["relations"]}
+
+
+FIND_EXACT = """
+MATCH (e:Entity) WHERE e.norm = $norm AND ($domain IS NULL OR e.domain = $domain)
+RETURN e.id AS id, e.name AS name, e.domain AS domain ORDER BY e.domain LIMIT 1
+"""
+
+FIND_FULLTEXT = """
+CALL db.index.fulltext.queryNodes('entity_names', $query) YIELD node, score
+WHERE $domain IS NULL OR node.domain = $domain
+RETURN node.id AS id, node.name AS name, node.domain AS domain LIMIT 1
+"""
+
+
+def find_entity(
+    driver: neo4j.Driver, name: str, *, domain: str | None = None, database: str = "neo4j"
+) -> dict[str, str]:
+    """The entity named `name`: an exact normalized match first, else the best full-text hit."""
+    from kap.graphstore.text import normalize_name
+
+    rows = driver.execute_query(
+        FIND_EXACT, norm=normalize_name(name), domain=domain, database_=database
+    ).records
+    if not rows:
+        # Lucene syntax in a user's string must not break the query: quote it as a phrase.
+        phrase = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        rows = driver.execute_query(
+            FIND_FULLTEXT, query=phrase, domain=domain, database_=database
+        ).records
+    if not rows:
+        raise GraphStoreError(f"no entity named {name!r}" + (f" in {domain!r}" if domain else ""))
+    return {"id": rows[0]["id"], "name": rows[0]["name"], "domain": rows[0]["domain"]}
