@@ -171,3 +171,46 @@ def test_deleting_a_document_removes_what_only_it_supported(
         ]
         == 1
     )  # entities stay: other documents still name them
+
+
+def test_tools_become_nodes_with_feeds_edges(driver: neo4j.Driver, domain: str) -> None:
+    from kap.graphstore.records import ToolSpec
+
+    search = ToolSpec(
+        "search",
+        "Search the web.",
+        {"type": "object", "properties": {"query": {"type": "string"}}},
+        "tools.json#0",
+        returns={"type": "array", "title": "Hits"},
+    )
+    fetch = ToolSpec(
+        "fetch",
+        "Read the hits.",
+        {"type": "object", "properties": {"hits": {"type": "array", "title": "Hits"}}},
+        "tools.json#1",
+        returns={"type": "string", "title": "Page"},
+    )
+    summarize = ToolSpec(
+        "summarize",
+        "Summarize a page.",
+        {
+            "type": "object",
+            "properties": {
+                "page": {"type": "string", "title": "Page"},
+                "style": {"type": "string"},
+            },
+        },
+        "tools.json#2",
+    )
+    stats = Ingestor(driver, domain).run(LoadResult(tools=[search, fetch, summarize]))
+    assert stats.tools == 3
+    chain = driver.execute_query(
+        "MATCH p = (:Tool {id: $a})-[:FEEDS]->(:Tool)-[:FEEDS]->(:Tool {id: $c}) "
+        "RETURN [n IN nodes(p) | n.name] AS names",
+        a=f"{domain}/search", c=f"{domain}/summarize",
+    ).records  # fmt: skip
+    assert [r["names"] for r in chain] == [["search", "fetch", "summarize"]]
+    feeds = driver.execute_query(
+        "MATCH (:Tool {domain: $d})-[f:FEEDS]->() RETURN count(f) AS n", d=domain
+    ).records[0]["n"]
+    assert feeds == 2  # bare strings ("query", "style") link nothing

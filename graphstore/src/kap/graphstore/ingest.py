@@ -13,6 +13,7 @@ each batch one managed write transaction of idempotent MERGEs.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import neo4j
 
 from kap.graphstore import queries as Q
 from kap.graphstore.mentions import MentionMatcher
-from kap.graphstore.records import LoadResult, SourceDocument, Triple
+from kap.graphstore.records import LoadResult, SourceDocument, ToolSpec, Triple
 from kap.graphstore.text import chunk_text, content_id, normalize_name, sha256_text
 
 Row = dict[str, Any]
@@ -229,6 +230,12 @@ class Ingestor:
         for start in range(0, len(all_entities), self.batch_size * 5):
             self._write([(Q.MERGE_ENTITIES, all_entities[start : start + self.batch_size * 5])])
         stats.entities = len(all_entities)
+        tools, feeds = tool_rows(result.tools, self.domain)
+        if tools:
+            self._write([(Q.MERGE_TOOLS, tools), (Q.MERGE_FEEDS, feeds)])
+            stats.tools = len(tools)
+            if progress:
+                progress(len(tools))
         for batch, n in self.batches(result, matcher):
             self._write(
                 [
@@ -255,6 +262,39 @@ class Ingestor:
 
         with self.driver.session(database=self.database) as session:
             session.execute_write(work)
+
+
+def type_key(schema: dict[str, Any] | None) -> str | None:
+    """A schema's semantic type, what FEEDS matches on: `x-kap-type`, `title` or `format`.
+
+    Bare primitives ("string", "integer") are not types here: every tool takes strings, and
+    linking on them would connect everything to everything.
+    """
+    if not schema:
+        return None
+    for key in ("x-kap-type", "title", "format"):
+        value = schema.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def tool_rows(tools: list[ToolSpec], domain: str) -> tuple[list[Row], list[Row]]:
+    """(:Tool) rows, and FEEDS rows wherever one tool's output type is another's input type."""
+    rows: list[Row] = []
+    for tool in tools:
+        props = tool.parameters.get("properties", {})
+        inputs = sorted({k for p in props.values() if isinstance(p, dict) if (k := type_key(p))})
+        rows.append({"id": f"{domain}/{tool.name}", "domain": domain, "name": tool.name,
+                     "description": tool.description, "schema": json.dumps(tool.parameters),
+                     "input_types": inputs, "output_type": type_key(tool.returns)})  # fmt: skip
+    feeds = [
+        {"source": a["id"], "target": b["id"], "type": a["output_type"]}
+        for a in rows
+        for b in rows
+        if a is not b and a["output_type"] and a["output_type"] in b["input_types"]
+    ]
+    return rows, feeds
 
 
 def delete_document(
