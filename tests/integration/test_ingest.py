@@ -214,3 +214,21 @@ def test_tools_become_nodes_with_feeds_edges(driver: neo4j.Driver, domain: str) 
         "MATCH (:Tool {domain: $d})-[f:FEEDS]->() RETURN count(f) AS n", d=domain
     ).records[0]["n"]
     assert feeds == 2  # bare strings ("query", "style") link nothing
+
+
+def test_tool_chains_follow_feeds(driver: neo4j.Driver, domain: str) -> None:
+    from kap.graphstore.records import ToolSpec
+    from kap.graphstore.sampling import sample_tool_chain
+
+    def tool(name: str, takes: str | None, gives: str | None) -> ToolSpec:
+        props = {"x": {"type": "string", "title": takes}} if takes else {}
+        returns = {"type": "string", "title": gives} if gives else None
+        return ToolSpec(name, name, {"type": "object", "properties": props}, "t", returns)
+
+    Ingestor(driver, domain).run(LoadResult(tools=[tool("a", None, "A"), tool("b", "A", "B"),
+                                                   tool("c", "B", None)]))  # fmt: skip
+    chain = sample_tool_chain(driver, domain, 3, seed=0)
+    assert chain[-1] == f"{domain}/c" and len(chain) in (2, 3)
+    assert sample_tool_chain(driver, domain, 3, seed=5) == sample_tool_chain(
+        driver, domain, 3, seed=5
+    )

@@ -233,3 +233,34 @@ def find_entity(
     if not rows:
         raise GraphStoreError(f"no entity named {name!r}" + (f" in {domain!r}" if domain else ""))
     return {"id": rows[0]["id"], "name": rows[0]["name"], "domain": rows[0]["domain"]}
+
+
+TOOL_STARTS = """
+MATCH (t:Tool {domain: $domain})-[:FEEDS]->()
+RETURN DISTINCT t.id AS id ORDER BY id
+"""
+
+TOOL_NEXT = """
+MATCH (:Tool {id: $id})-[f:FEEDS]->(n:Tool)
+RETURN n.id AS id, f.type AS type ORDER BY id
+"""
+
+
+def sample_tool_chain(
+    driver: neo4j.Driver, domain: str, length: int, *, seed: int = 0, database: str = "neo4j"
+) -> list[str]:
+    """A seeded chain of up to `length` tool ids, each feeding its output to the next."""
+    _check_hops(length)
+    rng = random.Random(seed)
+    starts = [r["id"] for r in driver.execute_query(
+        TOOL_STARTS, domain=domain, database_=database).records]  # fmt: skip
+    if not starts:
+        raise GraphStoreError(f"domain {domain!r} has no tools that feed one another")
+    chain = [rng.choice(starts)]
+    while len(chain) < length:
+        rows = driver.execute_query(TOOL_NEXT, id=chain[-1], database_=database).records
+        options = [r["id"] for r in rows if r["id"] not in chain]
+        if not options:
+            break
+        chain.append(rng.choice(options))
+    return chain
