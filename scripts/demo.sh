@@ -15,10 +15,26 @@ kap db upgrade
 stage 3 "Neo4j schema: constraints and full-text indexes"
 kap graph schema
 
-stage 4 "a query on each store: RETURN 1, SELECT 1, PING"
+stage 4 "ingest the MuSiQue corpus (1,890 Wikipedia paragraphs) into the KAG"
+musique="${KAP_DEMO_CORPUS:-../shared/data/musique/corpus.json}"
+if [ -f "$musique" ]; then
+  kap ingest "$musique" --domain musique
+  kap graph stats --domain musique
+  kap graph sample --domain musique --hops 2 --n 3 --seed 1
+  # Embedding ~2,000 chunks on a CPU takes a couple of minutes; it is done once per change.
+  if ! kap index verify --domain musique >/dev/null 2>&1; then
+    kap index build --domain musique
+  fi
+  kap index verify --domain musique
+  kap evidence search "Which state borders Tennessee to the east?" --domain musique -k 5
+else
+  echo "no corpus at $musique (set KAP_DEMO_CORPUS); skipping ingestion"
+fi
+
+stage 5 "a query on each store: RETURN 1, SELECT 1, PING"
 kap services check
 
-stage 5 "a Celery task round trip through a real worker"
+stage 6 "a Celery task round trip through a real worker"
 home="$(kap services status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["state_dir"])')"
 worker_log="$home/logs/worker.log"
 # Run the worker's own executable, not through `uv run`, so that $! is the worker itself.
@@ -30,7 +46,7 @@ kill "$worker_pid"; wait "$worker_pid" 2>/dev/null || true
 trap - EXIT
 echo "worker stopped (its log: $worker_log)"
 
-stage 6 "where everything is"
+stage 7 "where everything is"
 kap services status
 cat <<MSG
 

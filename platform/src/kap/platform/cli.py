@@ -118,7 +118,10 @@ def _add_plugins() -> None:
         except ImportError as exc:  # a member installed without its extras must not break kap
             err.print(f"[yellow]kap: skipping `{ep.name}` commands ({exc})[/]")
             continue
-        app.add_typer(sub, name=ep.name)
+        if isinstance(sub, typer.Typer):
+            app.add_typer(sub, name=ep.name)  # a command group: `kap graph ...`
+        else:
+            app.command(name=ep.name)(sub)  # a single command: `kap ingest ...`
 
 
 def main() -> None:
