@@ -131,8 +131,8 @@ def sample(
         path = chain["hops"][0]["subject_name"]
         for hop in chain["hops"]:
             path += f" -[{hop['predicate']}]-> {hop['object_name']}"
-        typer.echo(f"{path}   ({chain['answers']} entit{'y' if chain['answers'] == 1 else 'ies'}"
-                   " satisfy the chain)")  # fmt: skip
+        n = chain["answers"]
+        typer.echo(f"{path}   ({n} {'entity satisfies' if n == 1 else 'entities satisfy'} it)")
 
 
 @app.command()

@@ -14,4 +14,7 @@ def connect(settings: Settings) -> neo4j.Driver:
         auth=(settings.neo4j_user, settings.resolved_neo4j_password()),
         connection_timeout=10,
         max_transaction_retry_time=30,
+        # Server notifications (e.g. "property `coverage` does not exist yet" before the first
+        # campaign writes it) are advice for query authors, not for users' terminals.
+        notifications_min_severity="OFF",
     )

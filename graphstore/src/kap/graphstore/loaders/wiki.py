@@ -200,13 +200,6 @@ _BLOCK = frozenset(
 )
 
 
-# A "<" with no ">" before the next "<" cannot open a tag. Escaping it first keeps the stdlib
-# parser linear: on Python < 3.11.13 each such "<" makes it rescan the rest of the input
-# (CPython gh-135462), so "<a " repeated 20,000 times took minutes. Cost: a "<" inside a
-# quoted attribute value or a comment breaks that tag or comment into text.
-_UNCLOSED_LT = re.compile(r"<(?![^<>]*>)")
-
-
 class _PageParser(HTMLParser):
     """Collects readable text, the <title>, the first <h1> and the hrefs of <a> tags."""
 
@@ -256,7 +249,13 @@ class _PageParser(HTMLParser):
 def parse_html(text: str) -> tuple[str | None, str, list[str]]:
     """(<title> or first <h1> or None, readable text, link targets) of an HTML page."""
     parser = _PageParser()
-    parser.feed(_UNCLOSED_LT.sub("&lt;", text))
+    parser.feed(text)
+    # What feed() leaves unparsed, when it starts with "<", is a tag, comment or declaration
+    # that runs unterminated to the end of the input; HTML5 drops it. Python < 3.11.13 would
+    # instead, in close(), rescan the rest of the input once per "<" in it (quadratic, CPython
+    # gh-135462: "<a " x 20,000 took minutes), so drop it here as newer versions do.
+    if len(parser.rawdata) > 2 and parser.rawdata.startswith("<"):
+        parser.rawdata = ""
     parser.close()
     # Source line breaks inside text are spaces in HTML; only block elements break lines.
     lines = (_SPACES.sub(" ", line).strip() for line in "".join(parser.parts).split("\n"))
