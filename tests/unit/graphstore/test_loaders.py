@@ -290,7 +290,7 @@ def test_bad_hotpot_context(tmp_path: Path, context: Any, message: str) -> None:
 
 # ---- tools ----
 
-WEATHER = {
+WEATHER: dict[str, Any] = {
     "name": "get_weather",
     "description": "Weather for a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},

@@ -241,7 +241,7 @@ class _PageParser(HTMLParser):
         if self._in_title:
             self.title.append(data)
             return
-        self.parts.append(data)
+        self.parts.append(data.replace("\n", " "))  # a source line break is a space in HTML
         if self._h1_state == 1:
             self.h1.append(data)
 
@@ -257,7 +257,7 @@ def parse_html(text: str) -> tuple[str | None, str, list[str]]:
     if len(parser.rawdata) > 2 and parser.rawdata.startswith("<"):
         parser.rawdata = ""
     parser.close()
-    # Source line breaks inside text are spaces in HTML; only block elements break lines.
+    # Only block elements break lines; runs of white space collapse, as a browser shows them.
     lines = (_SPACES.sub(" ", line).strip() for line in "".join(parser.parts).split("\n"))
     body = "\n".join(line for line in lines if line)
     links = [page for href in parser.hrefs if (page := page_from_href(href)) is not None]
