@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import neo4j
 import pytest
 
-from kap.graphstore.connection import connect
 from kap.graphstore.ingest import Ingestor, delete_document, entity_id
 from kap.graphstore.records import LoadResult, SourceDocument, Triple
-from kap.graphstore.schema import ensure_schema
-from kap.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -33,20 +28,6 @@ CORPUS = LoadResult(
     triples=[Triple("Ada Lovelace", "collaborated_with", "Charles Babbage", "t:1",
                     evidence="Lovelace translated Menabrea's paper for Babbage.")],
 )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def driver(services: Settings) -> Iterator[neo4j.Driver]:
-    with connect(services) as drv:
-        ensure_schema(drv)
-        yield drv
-
-
-@pytest.fixture
-def domain(driver: neo4j.Driver) -> Iterator[str]:
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    yield name
-    driver.execute_query("MATCH (n {domain: $d}) DETACH DELETE n", d=name)
 
 
 def snapshot(driver: neo4j.Driver, domain: str) -> tuple[list[Any], list[Any]]:

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import neo4j
 import pytest
 from neo4j.exceptions import ConstraintError
 
-from kap.graphstore.connection import connect
 from kap.graphstore.schema import NODE_LABELS, SHOW_INDEXES, ensure_schema
 from kap.platform.errors import GraphStoreError
-from kap.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def driver(services: Settings) -> Iterator[neo4j.Driver]:
-    with connect(services) as drv:
-        ensure_schema(drv)
-        yield drv
-
-
-@pytest.fixture
-def domain(driver: neo4j.Driver) -> Iterator[str]:
-    """A domain name private to one test; its nodes are deleted afterwards."""
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    yield name
-    driver.execute_query("MATCH (n {domain: $d}) DETACH DELETE n", d=name)
 
 
 def test_ensure_schema_is_idempotent_and_everything_is_online(driver: neo4j.Driver) -> None:
