@@ -22,7 +22,7 @@ import neo4j
 
 from kap.graphstore import queries as Q
 from kap.graphstore.connection import connect
-from kap.graphstore.ingest import Batch, Ingestor
+from kap.graphstore.ingest import Ingestor
 from kap.graphstore.records import LoadResult, SourceDocument
 from kap.graphstore.schema import ensure_schema
 from kap.platform.settings import Settings
@@ -40,26 +40,16 @@ def corpus(n: int) -> LoadResult:
     return LoadResult(documents=docs)
 
 
-def statements(batch: Batch) -> list[tuple[str, list[dict[str, Any]]]]:
-    return [
-        (Q.MERGE_DOCUMENTS, batch.documents),
-        (Q.MERGE_CHUNKS, batch.chunks),
-        (Q.MERGE_NEXT, batch.next),
-        (Q.MERGE_MENTIONS, batch.mentions),
-        (Q.MERGE_RELATIONS, batch.relations),
-    ]
-
-
 def write_per_row(driver: neo4j.Driver, ingestor: Ingestor, result: LoadResult) -> int:
     """The naive way: every row its own managed transaction."""
-    entities, matcher = ingestor._entities(result)
+    entities, matcher = ingestor.entities(result)
     rows = 0
     with driver.session() as session:
         for entity in entities:
             session.execute_write(lambda tx, e=entity: tx.run(Q.MERGE_ENTITIES, rows=[e]).consume())
             rows += 1
         for batch, _ in ingestor.batches(result, matcher):
-            for query, batch_rows in statements(batch):
+            for query, batch_rows in batch.statements():
                 for row in batch_rows:
                     session.execute_write(lambda tx, q=query, r=row: tx.run(q, rows=[r]).consume())
                     rows += 1

@@ -167,16 +167,16 @@ def delete(
 ) -> None:
     """Delete a document: its chunks, mentions, facts it alone supported, and its vectors."""
     from kap.graphstore.evidence import EvidenceIndex
-    from kap.graphstore.indexing import index_dir
+    from kap.graphstore.indexing import saved_index_dir
     from kap.graphstore.ingest import delete_document
 
     settings = ctx.obj
     with _driver(settings) as driver:
         chunk_ids = delete_document(driver, document_id, domain=domain,
                                     database=settings.neo4j_database)  # fmt: skip
-    directory = index_dir(settings.state_dir, domain)
+    directory = saved_index_dir(settings.state_dir, domain)
     removed = 0
-    if (directory / "manifest.json").exists():
+    if directory is not None:
         index = EvidenceIndex.load(directory)
         removed = index.remove(chunk_ids, missing_ok=True)
         index.save(directory)
@@ -211,13 +211,10 @@ def index_verify(
 ) -> None:
     """Check the saved index against Neo4j and the embedding model; exit 1 on any mismatch."""
     from kap.graphstore.embed import Embedder
-    from kap.graphstore.indexing import index_dir, verify_index
+    from kap.graphstore.indexing import require_index_dir, verify_index
 
     settings = ctx.obj
-    directory = index_dir(settings.state_dir, domain)
-    if not (directory / "manifest.json").exists():
-        raise GraphStoreError(f"no evidence index for {domain!r} at {directory}: run "
-                              f"`kap index build --domain {domain}`")  # fmt: skip
+    directory = require_index_dir(settings.state_dir, domain)
     with _driver(settings) as driver:
         report = verify_index(driver, domain, directory, Embedder(),
                               database=settings.neo4j_database)  # fmt: skip
@@ -242,14 +239,11 @@ def evidence_search(
     """The chunks closest to TEXT, best first."""
     from kap.graphstore.embed import Embedder
     from kap.graphstore.evidence import EvidenceIndex
-    from kap.graphstore.indexing import index_dir, search_evidence
+    from kap.graphstore.indexing import require_index_dir, search_evidence
 
     settings = ctx.obj
+    directory = require_index_dir(settings.state_dir, domain)
     embedder = Embedder()
-    directory = index_dir(settings.state_dir, domain)
-    if not (directory / "manifest.json").exists():
-        raise GraphStoreError(f"no evidence index for {domain!r}: run "
-                              f"`kap index build --domain {domain}`")  # fmt: skip
     index = EvidenceIndex.load(directory, expect_model=embedder.name, expect_dim=embedder.dim)
     with _driver(settings) as driver:
         hits = search_evidence(driver, index, embedder, text, k, database=settings.neo4j_database)

@@ -18,7 +18,7 @@ from typing import Any
 import neo4j
 
 from kap.graphstore.embed import Embedder
-from kap.graphstore.evidence import EvidenceIndex
+from kap.graphstore.evidence import MANIFEST, EvidenceIndex
 from kap.platform.errors import GraphStoreError
 
 CHUNKS = """
@@ -39,6 +39,22 @@ def index_dir(state_dir: Path, domain: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", domain).strip("-.")[:40] or "domain"
     digest = hashlib.sha256(domain.encode()).hexdigest()[:8]
     return state_dir / "indices" / f"{slug}-{digest}"
+
+
+def saved_index_dir(state_dir: Path, domain: str) -> Path | None:
+    """The domain's index folder if an index was saved there, else None."""
+    directory = index_dir(state_dir, domain)
+    return directory if (directory / MANIFEST).exists() else None
+
+
+def require_index_dir(state_dir: Path, domain: str) -> Path:
+    directory = saved_index_dir(state_dir, domain)
+    if directory is None:
+        raise GraphStoreError(
+            f"no evidence index for {domain!r} at {index_dir(state_dir, domain)}: "
+            f"run `kap index build --domain {domain}`"
+        )
+    return directory
 
 
 def build_index(

@@ -25,7 +25,7 @@ import neo4j
 from kap.graphstore import queries as Q
 from kap.graphstore.mentions import MentionMatcher
 from kap.graphstore.records import LoadResult, SourceDocument, ToolSpec, Triple
-from kap.graphstore.text import chunk_text, content_id, normalize_name, sha256_text
+from kap.graphstore.text import TextSpan, chunk_text, content_id, normalize_name, sha256_text
 
 Row = dict[str, Any]
 Progress = Callable[[int], None]
@@ -48,6 +48,16 @@ class Batch:
     next: list[Row] = field(default_factory=list)
     mentions: list[Row] = field(default_factory=list)
     relations: list[Row] = field(default_factory=list)
+
+    def statements(self) -> list[tuple[str, list[Row]]]:
+        """The batch's writes, in the order their MATCHes need."""
+        return [
+            (Q.MERGE_DOCUMENTS, self.documents),
+            (Q.MERGE_CHUNKS, self.chunks),
+            (Q.MERGE_NEXT, self.next),
+            (Q.MERGE_MENTIONS, self.mentions),
+            (Q.MERGE_RELATIONS, self.relations),
+        ]
 
 
 @dataclass
@@ -78,7 +88,7 @@ class Ingestor:
 
     # ---- entities ----
 
-    def _entities(self, result: LoadResult) -> tuple[list[Row], MentionMatcher]:
+    def entities(self, result: LoadResult) -> tuple[list[Row], MentionMatcher]:
         """Every entity the file names plus those already in the domain, and their matcher."""
         rows: dict[str, Row] = {}
 
@@ -102,6 +112,10 @@ class Ingestor:
         for triple in result.triples:
             add(triple.subject, kind="concept")
             add(triple.object, kind="concept")
+        # A wiki link may name a page this file does not hold: it still becomes an entity,
+        # matchable now as it will be (read back from the graph) on the next run.
+        for target in sorted({t for d in result.documents for t in d.links}):
+            add(target)
         names: dict[str, set[str]] = defaultdict(set)
         existing = self.driver.execute_query(
             Q.EXISTING_ENTITIES, domain=self.domain, database_=self.database
@@ -160,7 +174,7 @@ class Ingestor:
                 )
 
     @staticmethod
-    def _link_evidence(target: str, spans: list[Any], chunk_ids: list[str]) -> list[str]:
+    def _link_evidence(target: str, spans: list[TextSpan], chunk_ids: list[str]) -> list[str]:
         key = normalize_name(target)
         hits = [
             cid
@@ -210,26 +224,11 @@ class Ingestor:
 
     def run(self, result: LoadResult, *, progress: Progress | None = None) -> IngestStats:
         stats = IngestStats()
-        entities, matcher = self._entities(result)
-        # A wiki link may name a page this file does not hold: it still becomes an entity.
-        link_targets = {t for d in result.documents for t in d.links}
-        known = {e["id"] for e in entities}
-        extra = [
-            {
-                "id": entity_id(self.domain, t),
-                "domain": self.domain,
-                "name": t,
-                "norm": normalize_name(t),
-                "type": "page",
-                "aliases": [],
-            }
-            for t in sorted(link_targets)
-            if entity_id(self.domain, t) not in known
-        ]
-        all_entities = list({row["id"]: row for row in [*entities, *extra]}.values())
-        for start in range(0, len(all_entities), self.batch_size * 5):
-            self._write([(Q.MERGE_ENTITIES, all_entities[start : start + self.batch_size * 5])])
-        stats.entities = len(all_entities)
+        entities, matcher = self.entities(result)
+        step = self.batch_size * 5  # entity rows are small
+        for first in range(0, len(entities), step):
+            self._write([(Q.MERGE_ENTITIES, entities[first : first + step])])
+        stats.entities = len(entities)
         tools, feeds = tool_rows(result.tools, self.domain)
         if tools:
             self._write([(Q.MERGE_TOOLS, tools), (Q.MERGE_FEEDS, feeds)])
@@ -237,15 +236,7 @@ class Ingestor:
             if progress:
                 progress(len(tools))
         for batch, n in self.batches(result, matcher):
-            self._write(
-                [
-                    (Q.MERGE_DOCUMENTS, batch.documents),
-                    (Q.MERGE_CHUNKS, batch.chunks),
-                    (Q.MERGE_NEXT, batch.next),
-                    (Q.MERGE_MENTIONS, batch.mentions),
-                    (Q.MERGE_RELATIONS, batch.relations),
-                ]
-            )
+            self._write(batch.statements())
             stats.documents += len(batch.documents)
             stats.chunks += len(batch.chunks)
             stats.mentions += len(batch.mentions)

@@ -7,17 +7,11 @@ casefolded) and only at word boundaries, so "Tito" does not match inside "Titov"
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable, Mapping
 
 import ahocorasick
 
 from kap.graphstore.text import normalize_name
-
-
-def _fold(text: str) -> str:
-    # Same folding as normalize_name but keeping whitespace runs: a 1:1 scan of the text.
-    return unicodedata.normalize("NFKC", text).casefold()
 
 
 class MentionMatcher:
@@ -40,7 +34,7 @@ class MentionMatcher:
     def find(self, text: str) -> set[str]:
         if not self.size:
             return set()
-        folded = " ".join(_fold(text).split())
+        folded = normalize_name(text)  # the same folding as the names it is matched against
         found: set[str] = set()
         for end, (key, entity_ids) in self._automaton.iter(folded):
             start = end - len(key) + 1

@@ -41,6 +41,12 @@ RETURN collect(DISTINCT o.id) AS ids
 """
 
 
+NEIGHBOUR_IDS = """
+MATCH (:Entity {id: $id})-[:REL]-(o:Entity)
+RETURN DISTINCT o.id AS id ORDER BY id
+"""
+
+
 @dataclass(frozen=True)
 class Hop:
     subject_id: str
@@ -168,12 +174,6 @@ def random_walk(
             break
         walk.append(rng.choice(options))
     return walk
-
-
-NEIGHBOUR_IDS = """
-MATCH (:Entity {id: $id})-[:REL]-(o:Entity)
-RETURN DISTINCT o.id AS id ORDER BY id
-"""
 
 
 def neighbourhood(

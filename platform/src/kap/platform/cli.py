@@ -62,9 +62,9 @@ def version() -> None:
 @app.command()
 def worker(
     ctx: typer.Context,
-    queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = ",".join(
-        ("default", "ingest", "propose", "solve", "verify")
-    ),
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues; default: every CPU queue.")
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo, threads.")] = "prefork",
@@ -73,10 +73,20 @@ def worker(
     ] = None,
 ) -> None:
     """Start a Celery worker on the kap app (runs until stopped)."""
-    from kap.platform.queue import configure
+    from kap.platform.queue import CPU_QUEUES, configure
 
     celery = configure(ctx.obj, extra_modules=include or ())
-    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel, "-P", pool]
+    argv = [
+        "worker",
+        "-Q",
+        queues or ",".join(CPU_QUEUES),
+        "-c",
+        str(concurrency),
+        "-l",
+        loglevel,
+        "-P",
+        pool,
+    ]
     celery.worker_main([*argv, "-n", f"kap-{os.getpid()}@%h"])
 
 

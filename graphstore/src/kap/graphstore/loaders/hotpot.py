@@ -9,22 +9,15 @@ of every sentence after the first, and doubling it would change the text.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from kap.graphstore.loaders._common import (
     Entry,
     Payload,
-    parse_payload,
-    read_text,
     require_text,
 )
 from kap.graphstore.records import LoadResult, SourceDocument
 from kap.platform.errors import LoaderError
-
-
-def load(path: Path) -> LoadResult:
-    return from_payload(parse_payload(path, read_text(path)))
 
 
 def from_payload(payload: Payload) -> LoadResult:

@@ -8,22 +8,14 @@ keys: `aliases` and `links` (lists of strings); other keys are ignored.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from kap.graphstore.loaders._common import (
     Entry,
     Payload,
     optional_names,
-    parse_payload,
-    read_text,
     require_object,
     require_text,
 )
 from kap.graphstore.records import LoadResult, SourceDocument
-
-
-def load(path: Path) -> LoadResult:
-    return from_payload(parse_payload(path, read_text(path)))
 
 
 def from_payload(payload: Payload) -> LoadResult:

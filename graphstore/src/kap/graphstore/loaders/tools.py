@@ -10,15 +10,12 @@ file; `parameters` must be a JSON Schema of type object.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from kap.graphstore.loaders._common import (
     Entry,
     Payload,
     optional_text,
-    parse_payload,
-    read_text,
     require_object,
 )
 from kap.graphstore.records import LoadResult, ToolSpec
@@ -26,10 +23,6 @@ from kap.platform.errors import LoaderError
 
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 RETURNS_KEYS = ("returns", "x-returns", "output")
-
-
-def load(path: Path) -> LoadResult:
-    return from_payload(parse_payload(path, read_text(path)))
 
 
 def from_payload(payload: Payload) -> LoadResult:

@@ -7,22 +7,14 @@ them are data, and reach Neo4j only as query parameters.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from kap.graphstore.loaders._common import (
     Entry,
     Payload,
     optional_text,
-    parse_payload,
-    read_text,
     require_object,
     require_text,
 )
 from kap.graphstore.records import LoadResult, Triple
-
-
-def load(path: Path) -> LoadResult:
-    return from_payload(parse_payload(path, read_text(path)))
 
 
 def from_payload(payload: Payload) -> LoadResult:

@@ -63,9 +63,10 @@ class LocalService(abc.ABC):
 
     def up(self) -> bool:
         """Start unless already running; True when this call started it."""
-        if self.running_pid() is not None and self.healthy():
+        running = self.running_pid() is not None
+        if running and self.healthy():
             return False
-        if self.running_pid() is None and port_in_use(self.port):
+        if not running and port_in_use(self.port):
             raise ServiceError(
                 f"{self.name}: port {self.port} on 127.0.0.1 is already in use by another "
                 f"process; free it or set KAP_{self.name.upper()}_PORT (log: {self.log_path})"
