@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import neo4j
 import pytest
 
+from kap.graphstore.extract import LLMExtractor
 from kap.graphstore.ingest import Ingestor, delete_document, entity_id
 from kap.graphstore.records import LoadResult, SourceDocument, Triple
+from kap.platform.llm import ChatClient, EndpointConfig
+from tests.support.openai_server import completion, openai_server
 
 pytestmark = pytest.mark.integration
 
@@ -213,3 +218,46 @@ def test_tool_chains_follow_feeds(driver: neo4j.Driver, domain: str) -> None:
     assert sample_tool_chain(driver, domain, 3, seed=5) == sample_tool_chain(
         driver, domain, 3, seed=5
     )
+
+
+def test_llm_extracted_facts_become_typed_relations(
+    driver: neo4j.Driver, domain: str, tmp_path: Path
+) -> None:
+    """A configured extractor adds typed facts with their chunk as evidence, cached."""
+
+    def responder(body: dict[str, Any]) -> dict[str, Any]:
+        text = body["messages"][-1]["content"]
+        facts = []
+        if "He lived in London" in text:  # the alias resolves to the existing page entity
+            facts.append({"subject": "Babbage", "predicate": "Lived In", "object": "London"})
+        if "mechanical computer" in text:
+            facts.append({"subject": "Analytical Engine", "predicate": "instance of",
+                          "object": "Mechanical computer"})  # fmt: skip
+        return completion(json.dumps({"facts": facts}))
+
+    corpus = LoadResult(documents=[
+        SourceDocument("Charles Babbage", CORPUS.documents[1].text, "t#1", aliases=("Babbage",)),
+        *CORPUS.documents[2:4],
+    ])  # fmt: skip
+    with openai_server(responder) as (url, state):
+        client = ChatClient(EndpointConfig(url, "m", backoff_s=0.01))
+        first = LLMExtractor(client, tmp_path)
+        Ingestor(driver, domain, extractor=first).run(corpus)
+        before = snapshot(driver, domain)
+        again = LLMExtractor(client, tmp_path)
+        Ingestor(driver, domain, extractor=again).run(corpus)
+    assert first.calls == len(state.requests) > 0 and again.calls == 0
+    assert snapshot(driver, domain) == before  # the cached run writes exactly the same graph
+    lived = driver.execute_query(
+        "MATCH (a:Entity)-[r:REL {predicate: 'lived_in'}]->(b:Entity {id: $london}) "
+        "MATCH (c:Chunk) WHERE c.id IN r.evidence RETURN a.id AS a, c.text AS text",
+        london=entity_id(domain, "London"),
+    ).records
+    assert [r["a"] for r in lived] == [entity_id(domain, "Charles Babbage")]
+    assert "He lived in London" in lived[0]["text"]
+    concept = driver.execute_query(
+        "MATCH (:Entity {id: $engine})-[:REL {predicate: 'instance_of'}]->(c:Entity) "
+        "RETURN c.name AS name, c.type AS type",
+        engine=entity_id(domain, "Analytical Engine"),
+    ).records
+    assert [(r["name"], r["type"]) for r in concept] == [("Mechanical computer", "concept")]

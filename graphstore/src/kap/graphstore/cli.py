@@ -15,6 +15,7 @@ from kap.platform.errors import GraphStoreError
 if TYPE_CHECKING:
     import neo4j
 
+    from kap.graphstore.extract import LLMExtractor
     from kap.platform.settings import Settings
 
 app = typer.Typer(help="The Knowledge-Action Graph in Neo4j.", no_args_is_help=True)
@@ -78,6 +79,9 @@ def ingest(
         str | None, typer.Option("--format", help="Loader; detected when omitted.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Documents per transaction.")] = 200,
+    extract: Annotated[
+        bool, typer.Option(help="LLM fact extraction, when KAP_EXTRACTOR_URL is configured.")
+    ] = True,
 ) -> None:
     """Ingest a corpus file into the Knowledge-Action Graph (idempotent)."""
     from rich.progress import Progress
@@ -88,13 +92,28 @@ def ingest(
 
     settings = ctx.obj
     result = load_file(path, format=fmt)  # the whole file parses before any write
+    extractor = _extractor(settings) if extract and settings.extractor_configured else None
     with _driver(settings) as driver:
         ensure_schema(driver, database=settings.neo4j_database)
-        ingestor = Ingestor(driver, domain, database=settings.neo4j_database, batch_size=batch_size)
+        ingestor = Ingestor(driver, domain, database=settings.neo4j_database,
+                            batch_size=batch_size, extractor=extractor)  # fmt: skip
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"ingesting {path.name}", total=len(result))
             counts = ingestor.run(result, progress=lambda n: bar.advance(task, n))
     console.print(f"ingested {path} into domain {domain!r}: {counts}")
+    if extractor is not None:
+        calls, failures = extractor.calls, extractor.failures
+        console.print(f"fact extraction: {calls} model calls, {failures} unusable replies")
+
+
+def _extractor(settings: Settings) -> LLMExtractor:
+    from kap.graphstore.extract import LLMExtractor
+    from kap.platform.llm import ChatClient, EndpointConfig
+
+    assert settings.extractor_url and settings.extractor_model
+    config = EndpointConfig(settings.extractor_url, settings.extractor_model,
+                            api_key=settings.extractor_api_key)  # fmt: skip
+    return LLMExtractor(ChatClient(config), settings.cache_dir / "extract")
 
 
 @app.command()

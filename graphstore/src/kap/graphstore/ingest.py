@@ -23,6 +23,7 @@ from typing import Any
 import neo4j
 
 from kap.graphstore import queries as Q
+from kap.graphstore.extract import Extractor, normalize_predicate
 from kap.graphstore.mentions import MentionMatcher
 from kap.graphstore.records import LoadResult, SourceDocument, ToolSpec, Triple
 from kap.graphstore.text import TextSpan, chunk_text, content_id, normalize_name, sha256_text
@@ -80,17 +81,28 @@ class Ingestor:
         batch_size: int = 200,
         max_tokens: int = 200,
         overlap: int = 32,
+        extractor: Extractor | None = None,
     ) -> None:
         if not domain.strip():
             raise ValueError("domain must not be empty")
         self.driver, self.domain, self.database = driver, domain, database
         self.batch_size, self.max_tokens, self.overlap = batch_size, max_tokens, overlap
+        self.extractor = extractor
+        self._known: dict[str, str] = {}  # normalized name or alias -> entity id
+
+    def resolve(self, name: str) -> str:
+        """The entity a name denotes: a known name or alias first, else its own id."""
+        return self._known.get(normalize_name(name)) or entity_id(self.domain, name)
+
+    def _spans(self, doc: SourceDocument) -> list[TextSpan]:
+        return chunk_text(doc.text, max_tokens=self.max_tokens, overlap=self.overlap)
 
     # ---- entities ----
 
     def entities(self, result: LoadResult) -> tuple[list[Row], MentionMatcher]:
         """Every entity the file names plus those already in the domain, and their matcher."""
         rows: dict[str, Row] = {}
+        self._known = {}
 
         def add(name: str, aliases: Iterable[str] = (), kind: str = "page") -> None:
             eid = entity_id(self.domain, name)
@@ -126,7 +138,25 @@ class Ingestor:
         for row in rows.values():
             for name in [row["name"], *row["aliases"]]:
                 names[name].add(row["id"])
+        for name, ids in names.items():
+            self._known.setdefault(normalize_name(name), min(ids))
+        self._add_extracted(result, add)
+        for row in rows.values():  # extracted names are matched now, as on every later run
+            names[row["name"]].add(row["id"])
         return list(rows.values()), MentionMatcher(names)
+
+    def _add_extracted(self, result: LoadResult, add: Callable[..., None]) -> None:
+        """Extracted names resolve to a known page or alias when they can; the rest are new."""
+        if self.extractor is None:
+            return
+        for doc in result.documents:
+            for span in self._spans(doc):
+                for fact in self.extractor.extract(span.text, title=doc.title):
+                    for name in (fact.subject, fact.object):
+                        norm = normalize_name(name)
+                        if norm and norm not in self._known:
+                            add(name, kind="concept")
+                            self._known[norm] = entity_id(self.domain, name)
 
     # ---- rows of one document ----
 
@@ -145,7 +175,7 @@ class Ingestor:
                 "entity_id": page,
             }
         )
-        spans = chunk_text(doc.text, max_tokens=self.max_tokens, overlap=self.overlap)
+        spans = self._spans(doc)
         chunk_ids = []
         for span in spans:
             cid = content_id("chunk", doc_id, str(span.start), span.text)
@@ -165,6 +195,12 @@ class Ingestor:
             for mentioned in sorted(matcher.find(span.text) - {page}):
                 batch.mentions.append({"chunk_id": cid, "entity_id": mentioned})
                 batch.relations.append(self._relation(page, "mentions", mentioned, [cid]))
+            if self.extractor and about is None:
+                for fact in self.extractor.extract(span.text, title=doc.title):
+                    subject, obj = self.resolve(fact.subject), self.resolve(fact.object)
+                    if subject != obj:
+                        predicate = normalize_predicate(fact.predicate)
+                        batch.relations.append(self._relation(subject, predicate, obj, [cid]))
         batch.next += [{"prev": a, "next": b} for a, b in pairwise(chunk_ids)]
         for target in doc.links:
             if normalize_name(target) != normalize_name(doc.title):

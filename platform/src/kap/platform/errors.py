@@ -29,3 +29,11 @@ class QueueError(KapError):
 
 class LoaderError(GraphStoreError):
     """An input file cannot be ingested; the message names the file and the line or record."""
+
+
+class LLMError(KapError):
+    """An LLM endpoint refused a request or answered something unusable."""
+
+
+class TransientLLMError(LLMError):
+    """A timeout, connection failure, 429 or 5xx: worth retrying later."""

@@ -64,6 +64,17 @@ class Settings(BaseSettings):
         int, Field(gt=0, description="Redis visibility timeout (s); must exceed every time limit.")
     ] = 7200
 
+    extractor_url: Annotated[
+        str | None,
+        Field(description="OpenAI-compatible endpoint (…/v1) for LLM fact extraction at ingest."),
+    ] = None
+    extractor_model: Annotated[
+        str | None, Field(description="Model name the extractor endpoint serves.")
+    ] = None
+    extractor_api_key: Annotated[
+        str | None, Field(description="Bearer token for the extractor endpoint, if it needs one.")
+    ] = None
+
     migrations_dir: Annotated[
         Path | None, Field(description="Folder holding alembic.ini's script location.")
     ] = None
@@ -91,6 +102,10 @@ class Settings(BaseSettings):
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
 
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
+
     def secret_path(self, name: str) -> Path:
         return self.state_dir / "secrets" / name
 
@@ -105,6 +120,12 @@ class Settings(BaseSettings):
             ) from None
 
     # ---- connection facts ----
+
+    @property
+    def extractor_configured(self) -> bool:
+        if bool(self.extractor_url) != bool(self.extractor_model):
+            raise ConfigError("set both KAP_EXTRACTOR_URL and KAP_EXTRACTOR_MODEL, or neither")
+        return bool(self.extractor_url)
 
     @property
     def local_neo4j(self) -> bool:
