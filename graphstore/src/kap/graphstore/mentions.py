@@ -2,16 +2,38 @@
 
 One pass over a chunk finds every title and alias it mentions, whatever the number of names
 (a regex per title would be O(titles x text)). Matching is on normalized text (NFKC,
-casefolded) and only at word boundaries, so "Tito" does not match inside "Titov".
+casefolded) and only at word boundaries, so "Tito" does not match inside "Titov". A
+one-word name must also be capitalized where it occurs: the page "Red" is mentioned by "Red
+was released in 1994", not by "a red car" (common words as titles made most of the noisy
+links in MuSiQue).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 
 import ahocorasick
 
 from kap.graphstore.text import normalize_name
+
+
+def fold_with_offsets(text: str) -> tuple[str, list[int]]:
+    """`normalize_name(text)` (up to edge whitespace), and for each of its characters the
+    index of the NFKC character it came from, so a match can look at the original casing."""
+    nfkc = unicodedata.normalize("NFKC", text)
+    out: list[str] = []
+    origin: list[int] = []
+    for i, char in enumerate(nfkc):
+        if char.isspace():
+            if out and out[-1] == " ":
+                continue
+            folded = " "
+        else:
+            folded = char.casefold()
+        out.append(folded)
+        origin.extend([i] * len(folded))
+    return "".join(out), origin
 
 
 class MentionMatcher:
@@ -34,12 +56,16 @@ class MentionMatcher:
     def find(self, text: str) -> set[str]:
         if not self.size:
             return set()
-        folded = normalize_name(text)  # the same folding as the names it is matched against
+        folded, origin = fold_with_offsets(text)  # the folding the names went through
+        nfkc = unicodedata.normalize("NFKC", text)
         found: set[str] = set()
         for end, (key, entity_ids) in self._automaton.iter(folded):
             start = end - len(key) + 1
             before = folded[start - 1] if start > 0 else " "
             after = folded[end + 1] if end + 1 < len(folded) else " "
-            if not before.isalnum() and not after.isalnum():
-                found |= entity_ids
+            if before.isalnum() or after.isalnum():
+                continue
+            if " " not in key and nfkc[origin[start]].islower():
+                continue  # a one-word name in lower case is the common word, not the page
+            found |= entity_ids
         return found
