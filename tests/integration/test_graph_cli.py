@@ -132,7 +132,7 @@ def test_index_build_verify_search_and_delete(
     assert hits[0]["chunk_id"] not in {h["chunk_id"] for h in again}
 
 
-def test_verify_reports_a_stale_index(
+def test_ingest_keeps_the_index_current_and_verify_reports_a_stale_one(
     small_domain: str, kap_env: dict[str, str], tmp_path: Path
 ) -> None:
     d = small_domain
@@ -141,7 +141,18 @@ def test_verify_reports_a_stale_index(
     extra.write_text(
         json.dumps({"title": "Newcomer", "text": "A page added after indexing."}) + "\n"
     )
-    assert kap(kap_env, "ingest", str(extra), "--domain", d).returncode == 0
+    assert kap(kap_env, "ingest", str(extra), "--domain", d, "--no-index").returncode == 0
     stale = kap(kap_env, "index", "verify", "--domain", d, "--json")
     assert stale.returncode == 1
     assert json.loads(stale.stdout)["n_missing"] == 1
+
+    # Ingesting with an index in place embeds only what the index lacks.
+    again = kap(kap_env, "ingest", str(extra), "--domain", d)
+    assert again.returncode == 0, again.stderr
+    assert "embedded 1 new chunks, dropped 0" in again.stderr
+    assert kap(kap_env, "index", "verify", "--domain", d).returncode == 0
+    rebuilt = kap(kap_env, "index", "build", "--domain", d)
+    assert "embedded 0 new chunks, dropped 0" in rebuilt.stderr
+    hits = json.loads(kap(kap_env, "evidence", "search", "a page added after indexing",
+                          "--domain", d, "-k", "1", "--json").stdout)  # fmt: skip
+    assert hits[0]["title"] == "Newcomer"

@@ -82,10 +82,14 @@ def ingest(
     extract: Annotated[
         bool, typer.Option(help="LLM fact extraction, when KAP_EXTRACTOR_URL is configured.")
     ] = True,
+    index: Annotated[
+        bool, typer.Option(help="Embed the new chunks into the domain's index, if it has one.")
+    ] = True,
 ) -> None:
     """Ingest a corpus file into the Knowledge-Action Graph (idempotent)."""
     from rich.progress import Progress
 
+    from kap.graphstore.indexing import saved_index_dir
     from kap.graphstore.ingest import Ingestor
     from kap.graphstore.loaders import load_file
     from kap.graphstore.schema import ensure_schema
@@ -100,7 +104,13 @@ def ingest(
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"ingesting {path.name}", total=len(result))
             counts = ingestor.run(result, progress=lambda n: bar.advance(task, n))
-    console.print(f"ingested {path} into domain {domain!r}: {counts}")
+        console.print(f"ingested {path} into domain {domain!r}: {counts}")
+        if not index:
+            pass
+        elif saved_index_dir(settings.state_dir, domain) is not None:
+            _refresh_index(settings, driver, domain, rebuild=False)
+        else:
+            console.print(f"no evidence index yet: `kap index build --domain {domain}`")
     if extractor is not None:
         calls, failures = extractor.calls, extractor.failures
         console.print(f"fact extraction: {calls} model calls, {failures} unusable replies")
@@ -208,18 +218,37 @@ evidence_app = typer.Typer(help="Search the evidence index.", no_args_is_help=Tr
 
 @index_app.command("build")
 def index_build(
-    ctx: typer.Context, domain: Annotated[str, typer.Option(help="Domain to index.")]
+    ctx: typer.Context,
+    domain: Annotated[str, typer.Option(help="Domain to index.")],
+    rebuild: Annotated[
+        bool, typer.Option(help="Re-embed every chunk instead of only the new ones.")
+    ] = False,
 ) -> None:
-    """Embed every chunk of the domain and save its evidence index."""
-    from kap.graphstore.embed import Embedder
-    from kap.graphstore.indexing import build_index, index_dir
-
+    """Embed the domain's chunks into its evidence index (only new ones, unless --rebuild)."""
     settings = ctx.obj
     with _driver(settings) as driver:
-        index = build_index(driver, domain, Embedder(), database=settings.neo4j_database)
-    directory = index_dir(settings.state_dir, domain)
+        _refresh_index(settings, driver, domain, rebuild=rebuild)
+
+
+def _refresh_index(settings: Settings, driver: neo4j.Driver, domain: str, *, rebuild: bool) -> None:
+    from kap.graphstore.embed import Embedder
+    from kap.graphstore.evidence import EvidenceIndex
+    from kap.graphstore.indexing import build_index, index_dir, saved_index_dir, update_index
+
+    embedder, directory = Embedder(), index_dir(settings.state_dir, domain)
+    saved = None if rebuild else saved_index_dir(settings.state_dir, domain)
+    if saved is None:
+        index = build_index(driver, domain, embedder, database=settings.neo4j_database)
+        what = f"embedded {len(index)} chunks"
+    else:
+        update = update_index(driver, domain, embedder, EvidenceIndex.load(saved),
+                              database=settings.neo4j_database)  # fmt: skip
+        index = update.index
+        what = f"embedded {update.added} new chunks, dropped {update.removed}"
+        what += " (re-laid out)" if update.rebuilt else ""
     index.save(directory)
-    console.print(f"indexed {len(index)} chunks of {domain!r} ({index.kind}) in {directory}")
+    console.print(f"evidence index of {domain!r}: {what}; {len(index)} chunks ({index.kind}) "
+                  f"in {directory}")  # fmt: skip
 
 
 @index_app.command("verify")

@@ -1,24 +1,26 @@
 """Builds, verifies and searches the per-domain evidence index over the Chunks in Neo4j.
 
-    kap index build --domain D      kap index verify --domain D
+    kap index build --domain D [--rebuild]      kap index verify --domain D
     kap evidence search "TEXT" --domain D -k 10 [--json]
 
 The index lives under the state directory, `indices/<domain slug>/`, beside its manifest
 (model name, dimension, id map, checksum). `verify` compares it with Neo4j: every chunk of
-the domain must be indexed, and nothing else, with the embedder the caller names.
+the domain must be indexed, and nothing else, with the embedder the caller names. `build`
+after a first build, and `kap ingest` when an index exists, only embed the chunks that are new.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import neo4j
 
 from kap.graphstore.embed import Embedder
-from kap.graphstore.evidence import MANIFEST, EvidenceIndex
+from kap.graphstore.evidence import MANIFEST, EvidenceIndex, IndexKind
 from kap.platform.errors import GraphStoreError
 
 CHUNKS = """
@@ -27,6 +29,8 @@ RETURN c.id AS id, c.text AS text ORDER BY c.id
 """
 
 CHUNK_IDS = "MATCH (c:Chunk {domain: $domain}) RETURN collect(c.id) AS ids"
+
+CHUNK_TEXTS = "MATCH (c:Chunk) WHERE c.id IN $ids RETURN c.id AS id, c.text AS text ORDER BY c.id"
 
 CHUNK_TITLES = """
 MATCH (c:Chunk)-[:PART_OF]->(d:Document) WHERE c.id IN $ids
@@ -65,6 +69,53 @@ def build_index(
         raise GraphStoreError(f"domain {domain!r} has no chunks to index; run `kap ingest` first")
     vectors = embedder.encode([r["text"] for r in rows], show_progress=True)
     return EvidenceIndex.build([r["id"] for r in rows], vectors, model_name=embedder.name)
+
+
+@dataclass(frozen=True)
+class IndexUpdate:
+    index: EvidenceIndex
+    added: int
+    removed: int
+    rebuilt: bool  # re-laid out (kind change or compaction) from stored vectors, not re-embedded
+
+
+def update_index(
+    driver: neo4j.Driver,
+    domain: str,
+    embedder: Embedder,
+    index: EvidenceIndex,
+    *,
+    database: str = "neo4j",
+    max_tombstone_share: float = 0.2,
+) -> IndexUpdate:
+    """Bring a saved index in line with Neo4j: embed only the new chunks, drop the gone ones.
+
+    A flat index that outgrows its exact threshold is re-laid out as HNSW, and an HNSW index
+    whose tombstones pass `max_tombstone_share` is compacted, both from the stored vectors.
+    """
+    if index.model_name != embedder.name or index.dim != embedder.dim:
+        raise GraphStoreError(
+            f"evidence index of {domain!r} was built with {index.model_name!r}, not "
+            f"{embedder.name!r}: rebuild it (`kap index build --domain {domain} --rebuild`)"
+        )
+    graph = set(
+        driver.execute_query(CHUNK_IDS, domain=domain, database_=database).records[0]["ids"]
+    )
+    indexed = set(index.ids())
+    removed = index.remove(indexed - graph)
+    new = sorted(graph - indexed)
+    if new:
+        rows = driver.execute_query(CHUNK_TEXTS, ids=new, database_=database).records
+        index.add([r["id"] for r in rows], embedder.encode([r["text"] for r in rows]))
+    rebuilt = False
+    grew_past = index.kind is IndexKind.FLAT and len(index) >= index.exact_threshold
+    if grew_past or index.tombstones > max_tombstone_share * max(index.ntotal, 1):
+        ids, vectors = index.vectors()
+        index = EvidenceIndex.build(ids, vectors, model_name=index.model_name,
+                                    exact_threshold=index.exact_threshold,
+                                    ef_search=index.ef_search)  # fmt: skip
+        rebuilt = True
+    return IndexUpdate(index, len(new), removed, rebuilt)
 
 
 def verify_index(
