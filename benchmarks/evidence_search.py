@@ -1,4 +1,4 @@
-"""Evidence search on real embeddings: FAISS exact (flat) vs FAISS HNSW, side by side.
+"""Evidence search on real embeddings: FAISS exact and HNSW vs Neo4j's vector index.
 
     uv run python benchmarks/evidence_search.py [--queries 500] [--k 10] [--seed 0]
 
@@ -6,8 +6,9 @@ Embeds the MuSiQue paragraphs (/work/shared/data/musique/corpus.json, 1,890 of t
 packaged all-MiniLM-L6-v2 and reports the embedding throughput (chunks/s at batch 64). Queries
 are the first 12 words of randomly drawn paragraphs. Each way of searching is built over the same
 vectors and reports build time, queries/s (one batched call, and one query per call as the
-solver issues them) and recall@k against exact search. Prints a table and writes
-benchmarks/results/evidence_search.json. Needs no service; runs offline.
+solver issues them) and recall@k against exact search. Neo4j's own vector index is measured
+on the same vectors (scratch nodes and index, dropped afterwards) when the Neo4j the settings
+point at is up. Prints a table and writes benchmarks/results/evidence_search.json. Runs offline.
 """
 
 from __future__ import annotations
@@ -17,16 +18,21 @@ import json
 import platform
 import random
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import faiss
+import neo4j
 import numpy as np
 import numpy.typing as npt
 
+from kap.graphstore.connection import connect
 from kap.graphstore.embed import Embedder
 from kap.graphstore.evidence import EvidenceIndex
+from kap.platform.errors import KapError
+from kap.platform.settings import Settings
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared/data/musique/corpus.json"
 RESULTS = Path(__file__).parent / "results" / "evidence_search.json"
@@ -77,13 +83,72 @@ def faiss_index(threshold: int, ef_search: int = 128) -> Builder:
     return build
 
 
-# A Neo4j vector-index column plugs in here as one more Builder: write the vectors onto Chunk
-# nodes, create the vector index, and return a function calling db.index.vector.queryNodes.
-WAYS: dict[str, Builder] = {
-    "faiss exact (flat)": faiss_index(threshold=1 << 62),
-    "faiss hnsw ef=16": faiss_index(threshold=0, ef_search=16),
-    "faiss hnsw ef=128": faiss_index(threshold=0, ef_search=128),
-}
+NEO4J_QUERY = """
+UNWIND range(0, size($queries) - 1) AS i
+CALL db.index.vector.queryNodes($index, $k, $queries[i]) YIELD node, score
+WITH i, node, score ORDER BY i, score DESC
+RETURN i, collect(node.id) AS ids
+"""
+
+
+def neo4j_vector_index(driver: neo4j.Driver, scratch: str) -> Builder:
+    """Neo4j's own vector index (Lucene HNSW, cosine) over the same vectors, on scratch nodes."""
+
+    def build(ids: list[str], vectors: Matrix) -> SearchFn:
+        rows = [{"id": i, "v": v} for i, v in zip(ids, vectors.tolist(), strict=True)]
+        for first in range(0, len(rows), 500):
+            driver.execute_query(
+                "UNWIND $rows AS row CREATE (n:BenchVector {id: row.id, scratch: $s}) "
+                "WITH n, row CALL db.create.setNodeVectorProperty(n, 'embedding', row.v)",
+                rows=rows[first : first + 500], s=scratch,
+            )  # fmt: skip
+        driver.execute_query(
+            f"CREATE VECTOR INDEX `{scratch}` FOR (n:BenchVector) ON n.embedding OPTIONS "
+            "{indexConfig: {`vector.dimensions`: $dim, `vector.similarity_function`: 'cosine'}}",
+            dim=vectors.shape[1],
+        )
+        driver.execute_query("CALL db.awaitIndexes(600)")
+
+        def search(queries: Matrix, k: int) -> list[list[str]]:
+            records = driver.execute_query(
+                NEO4J_QUERY, queries=queries.tolist(), k=k, index=scratch
+            ).records
+            return [r["ids"] for r in sorted(records, key=lambda r: r["i"])]
+
+        return search
+
+    return build
+
+
+def drop_scratch(driver: neo4j.Driver, scratch: str) -> None:
+    driver.execute_query(f"DROP INDEX `{scratch}` IF EXISTS")
+    with driver.session() as session:  # CALL ... IN TRANSACTIONS needs an implicit transaction
+        session.run(
+            "MATCH (n:BenchVector {scratch: $s}) CALL (n) { DETACH DELETE n } IN TRANSACTIONS",
+            s=scratch,
+        ).consume()
+
+
+def ways(driver: neo4j.Driver | None, scratch: str) -> dict[str, Builder]:
+    found: dict[str, Builder] = {
+        "faiss exact (flat)": faiss_index(threshold=1 << 62),
+        "faiss hnsw ef=16": faiss_index(threshold=0, ef_search=16),
+        "faiss hnsw ef=128": faiss_index(threshold=0, ef_search=128),
+    }
+    if driver is not None:
+        found["neo4j vector index"] = neo4j_vector_index(driver, scratch)
+    return found
+
+
+def neo4j_driver() -> neo4j.Driver | None:
+    """The Neo4j the settings point at, or None (with the reason printed) when unreachable."""
+    try:
+        driver = connect(Settings())
+        driver.verify_connectivity()
+    except (KapError, neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError) as exc:
+        print(f"neo4j vector index skipped: {exc} (run `kap services up`)")
+        return None
+    return driver
 
 
 def recall(found: list[list[str]], truth: list[list[str]], k: int) -> float:
@@ -114,10 +179,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ids = [f"chunk:{i}" for i in range(len(paragraphs))]
     results: dict[str, Any] = {}
     truth: list[list[str]] | None = None
-    for name, build in WAYS.items():
-        found, stats = measure(build, ids, vectors, queries, args.k)
-        truth = truth or found  # the first way is exact search
-        results[name] = {**stats, f"recall_at_{args.k}": recall(found, truth, args.k)}
+    driver, scratch = neo4j_driver(), f"bench_vectors_{uuid.uuid4().hex[:8]}"
+    try:
+        for name, build in ways(driver, scratch).items():
+            found, stats = measure(build, ids, vectors, queries, args.k)
+            truth = truth or found  # the first way is exact search
+            results[name] = {**stats, f"recall_at_{args.k}": recall(found, truth, args.k)}
+    finally:
+        if driver is not None:
+            drop_scratch(driver, scratch)
+            driver.close()
     embedding |= {"model": embedder.name, "device": embedder.device}
     return {"embedding": embedding, "search": results, "vectors": list(vectors.shape)}
 
