@@ -27,7 +27,7 @@ system:
 python-env:
 	@echo "==> uv sync (the workspace, CPU extras only)"
 	@# Bytecode compiled once here: with PYTHONDONTWRITEBYTECODE set, every `kap` would recompile.
-	@$(ENV) uv sync --locked --all-packages --compile-bytecode
+	@$(ENV) uv sync --locked --all-packages --extra cpu --compile-bytecode
 
 $(LAUNCHER_JAR): $(LAUNCHER)/pom.xml $(shell find $(LAUNCHER)/src -type f 2>/dev/null)
 	@echo "==> building the Neo4j launcher with Maven (first run downloads Neo4j 5.26)"

@@ -87,17 +87,28 @@ def test_gpu_packages_are_optional_extras_only(member: str) -> None:
     assert not any(pkg in base for pkg in GPU_ONLY)
 
 
-def test_the_cpu_install_resolves_without_gpu_packages() -> None:
+def export(*extra: str) -> set[str]:
     uv = shutil.which("uv") or str(Path.home() / ".local/share/kap-uv/bin/uv")
     exported = subprocess.run(
-        [uv, "export", "--frozen", "--no-dev", "--all-packages", "--no-hashes"],
+        [uv, "export", "--frozen", "--no-dev", "--all-packages", "--no-hashes", *extra],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    names = {line.split("==")[0].strip() for line in exported.splitlines() if "==" in line}
-    assert "celery" in names and "neo4j" in names
-    assert not names & set(GPU_ONLY)
-    with_gpu = subprocess.run(
-        [uv, "export", "--frozen", "--no-dev", "--all-packages", "--no-hashes", "--extra", "gpu"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    assert "vllm==" in with_gpu and "faiss-gpu-cu12==" in with_gpu
+    return {line.split("==")[0].strip() for line in exported.splitlines() if "==" in line}
+
+
+def test_the_cpu_install_resolves_without_gpu_packages() -> None:
+    cpu = export("--extra", "cpu")
+    assert {"celery", "neo4j", "faiss-cpu"} <= cpu
+    assert not cpu & set(GPU_ONLY)
+
+
+def test_the_gpu_install_has_one_faiss_the_gpu_one() -> None:
+    gpu = export("--extra", "gpu")
+    assert {"vllm", "faiss-gpu-cu12"} <= gpu
+    assert "faiss-cpu" not in gpu  # both ship the `faiss` module: one would clobber the other
+
+
+def test_the_extras_cannot_be_combined() -> None:
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        export("--extra", "cpu", "--extra", "gpu")
+    assert "conflict" in refused.value.stderr.lower()

@@ -33,7 +33,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import faiss
+try:
+    import faiss
+except ImportError as exc:  # the faiss build is an extra: kap-graphstore[cpu] or [gpu]
+    raise ImportError(
+        "faiss is not installed: install kap-graphstore[cpu] (faiss-cpu) or kap-graphstore[gpu] "
+        "(faiss-gpu-cu12), e.g. `uv sync --all-packages --extra cpu`"
+    ) from exc
 import numpy as np
 import numpy.typing as npt
 
