@@ -42,8 +42,8 @@ EXPECTED_DOCKERFILES = {
 }
 # What each Dockerfile's `uv sync` must select: its own member(s) and nothing else.
 DOCKERFILE_SYNC_ARGS = {
-    "workers/Dockerfile": "--package kap-workers",
-    "ui/Dockerfile": "--package kap-ui",
+    "workers/Dockerfile": "--package kap-workers --extra cpu",
+    "ui/Dockerfile": "--package kap-ui --extra cpu",
     "training/Dockerfile": "--package kap-training --package kap-kernels --extra gpu",
 }
 HEALTH_PROBES = {
