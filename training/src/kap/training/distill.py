@@ -28,10 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from transformers import PreTrainedModel
 
 from kap.training.errors import TrainingError
 from kap.training.objectives import (
@@ -91,16 +92,16 @@ def collate_rollouts(
 
 def final_hidden(model: nn.Module, input_ids_B_T: Tensor) -> Tensor:
     """The last decoder layer's normalized hidden states [B, T, H] (what the LM head reads)."""
-    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    base = cast(PreTrainedModel, model).get_decoder()  # type: ignore[no-untyped-call]
     out = base(input_ids=input_ids_B_T, use_cache=False)
-    return out.last_hidden_state  # type: ignore[no-any-return]
+    return cast(Tensor, out.last_hidden_state)
 
 
 def output_embedding(model: nn.Module) -> Tensor:
-    head = model.get_output_embeddings()
+    head = cast(PreTrainedModel, model).get_output_embeddings()  # type: ignore[no-untyped-call]
     if head is None or getattr(head, "bias", None) is not None:
         raise TrainingError("distillation needs a bias-free linear LM head")
-    return head.weight  # type: ignore[no-any-return]
+    return cast(Tensor, head.weight)
 
 
 def _chunked_logsumexp(hidden_N_H: Tensor, weight_V_H: Tensor, vocab_chunk: int) -> Tensor:
