@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kap needs on a Debian machine, only what is missing: Debian packages
-# (PostgreSQL, redis-server, a Java 17 runtime, Maven, Python 3 with venv) and uv.
+# (PostgreSQL, redis-server, a Java 17 runtime, Maven, Python 3 with venv, bubblewrap for the
+# sandbox that runs model-written code) and uv.
 # Idempotent; run as root (or with everything already installed). Called by `make setup`.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ command -v mvn >/dev/null || missing+=(maven)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v runuser >/dev/null || missing+=(util-linux)
+command -v bwrap >/dev/null || missing+=(bubblewrap)
 
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
@@ -30,7 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     || die "apt-get install ${missing[*]} failed"
   # Debian starts a system-wide Redis/PostgreSQL where an init system runs; kap runs its own.
 else
-  say "Debian packages present (postgresql, redis-server, java 17, maven, python3)"
+  say "Debian packages present (postgresql, redis-server, java 17, maven, python3, bubblewrap)"
 fi
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

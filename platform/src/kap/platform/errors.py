@@ -37,3 +37,7 @@ class LLMError(KapError):
 
 class TransientLLMError(LLMError):
     """A timeout, connection failure, 429 or 5xx: worth retrying later."""
+
+
+class SandboxError(KapError):
+    """The sandbox for model-written code cannot be created; the code never runs unsandboxed."""
