@@ -21,10 +21,9 @@ if [ -f "$musique" ]; then
   kap ingest "$musique" --domain musique
   kap graph stats --domain musique
   kap graph sample --domain musique --hops 2 --n 3 --seed 1
-  # Embedding ~2,000 chunks on a CPU takes a couple of minutes; it is done once per change.
-  if ! kap index verify --domain musique >/dev/null 2>&1; then
-    kap index build --domain musique
-  fi
+  # Embedding ~2,000 chunks on a CPU takes a minute or two, once: later builds embed only
+  # the chunks the index lacks (and `kap ingest` does that itself when an index exists).
+  kap index build --domain musique
   kap index verify --domain musique
   kap evidence search "Which state borders Tennessee to the east?" --domain musique -k 5
 else
