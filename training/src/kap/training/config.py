@@ -2,9 +2,10 @@
 
 Every stage config (`SFTConfig`, `GRPOConfig`, `DistillConfig`) is a frozen dataclass whose
 fields carry their help as comments; `config_from_mapping` checks names (suggesting the closest
-one for a typo) and scalar types, coerces ints to floats and lists to tuples, and builds nested
-dataclass fields from mappings. The YAML file of a stage may hold only that stage's fields, or
-sections (`sft:`, `grpo:`, `distill:`) of which each stage reads its own.
+one for a typo) and scalar types, coerces ints (and YAML 1.1's `1e-5` strings) to floats and
+lists to tuples, and builds nested dataclass fields from mappings. The YAML file of a stage may
+hold only that stage's fields, or sections (`sft:`, `grpo:`, `distill:`) of which each stage
+reads its own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -48,15 +50,30 @@ def _type_ok(hint: Any, value: Any) -> bool:
     return isinstance(value, origin)
 
 
+# YAML 1.1 (PyYAML) reads `1e-5` as a string: it wants `1.0e-5`. A float field takes both.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _accepts_float(hint: Any) -> bool:
+    return hint is float or float in typing.get_args(hint)
+
+
 def _coerce(owner: str, name: str, hint: Any, value: Any, error: type[ConfigError]) -> Any:
+    if isinstance(value, str) and _accepts_float(hint) and _EXPONENT_FLOAT.fullmatch(value):
+        value = float(value)
     if not _type_ok(hint, value):
         shown = getattr(hint, "__name__", None) or str(hint)
-        raise error(f"{owner}.{name}: expected {shown}, got {type(value).__name__} {value!r}")
+        quote = ""
+        if isinstance(value, bool) and _type_ok(hint, "text"):
+            quote = " (YAML reads off/on/no/yes as booleans: quote the word, e.g. 'off')"
+        raise error(
+            f"{owner}.{name}: expected {shown}, got {type(value).__name__} {value!r}{quote}"
+        )
     if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
         return config_from_mapping(hint, value, error=error, where=f"{owner}.{name}")
     if typing.get_origin(hint) is tuple:
         return tuple(value)
-    if value is not None and (hint is float or float in typing.get_args(hint)):
+    if value is not None and _accepts_float(hint):
         return float(value) if not isinstance(value, bool) else value
     return value
 
