@@ -73,3 +73,12 @@ def empty_database(database_url: str) -> Iterator[str]:
 
     with scratch_database(database_url, prefix="kap_test") as url:
         yield url
+
+
+@pytest.fixture
+def migrated_database(empty_database: str) -> str:
+    """A fresh database with every Alembic migration applied."""
+    from kap.platform.db import migrate
+
+    migrate.upgrade(empty_database)
+    return empty_database

@@ -64,9 +64,8 @@ def head_and_previous(url: str) -> tuple[str, str | None]:
 
 
 @pytest.fixture
-def migrated(empty_database: str) -> str:
-    migrate.upgrade(empty_database)
-    return empty_database
+def migrated(migrated_database: str) -> str:
+    return migrated_database
 
 
 @pytest.fixture

@@ -55,3 +55,9 @@ def test_tasks_within_the_limit_pass(settings: Settings) -> None:
     def default() -> None: ...
 
     check_time_limits(app)
+
+
+def test_training_tasks_route_to_the_gpu_queue_and_others_to_default(settings: Settings) -> None:
+    router = _app(settings).amqp.router
+    assert router.route({}, "kap.training.run_stage")["queue"].name == "train"
+    assert router.route({}, "kap.workers.solve")["queue"].name == "default"

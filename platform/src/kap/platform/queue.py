@@ -54,6 +54,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # hard limit of any task that sets a shorter one. Tasks that clean up set their own.
         "task_track_started": True,
         "task_default_queue": "default",
+        # By name, so platform never imports the members: training tasks need the GPU nodes.
+        "task_routes": {"kap.training.*": {"queue": "train"}},
         "task_create_missing_queues": True,
         "result_expires": 7 * 24 * 3600,
         "enable_utc": True,

@@ -3,6 +3,7 @@
     from kap.training.tasks import run_stage_task
     run_stage_task.delay("sft", "configs/train/sft-tiny.yaml", dataset="search-v1@2")
 
+Every `kap.training.*` task is routed to the `train` queue (`kap.platform.queue`'s routes).
 One task runs one stage from its config file (paths as the worker sees them) on one worker
 process; the worker is the entry point, so it builds the settings and its own engine after the
 fork. Its metrics stream to `run_metrics` while it runs (every few steps).
@@ -27,8 +28,6 @@ import sqlalchemy as sa
 from kap.platform.queue import app
 from kap.platform.settings import Settings
 
-QUEUE = "train"
-
 
 @functools.cache
 def _engine() -> sa.Engine:
@@ -38,7 +37,7 @@ def _engine() -> sa.Engine:
     return database(Settings())
 
 
-@app.task(name="kap.training.run_stage", bind=True, acks_late=True, queue=QUEUE)  # type: ignore[untyped-decorator]
+@app.task(name="kap.training.run_stage", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def run_stage_task(
     self: Any,
     stage: str,
