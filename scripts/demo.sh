@@ -5,6 +5,17 @@ set -euo pipefail
 
 stage() { printf '\n\033[1;36m[%s] %s\033[0m\n' "$1" "$2"; }
 kap() { uv run --frozen kap "$@"; }
+# logged LOG CMD...: the command's stderr (progress logs) into LOG; on failure, its tail.
+logged() {
+  local log="$1" rc=0
+  shift
+  "$@" 2>"$log" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    tail -n 40 "$log" >&2
+    echo "error: '$*' failed (exit $rc); its log: $log" >&2
+    exit "$rc"
+  fi
+}
 
 stage 1 "local services: Neo4j, PostgreSQL, Redis"
 kap services up
@@ -45,7 +56,30 @@ kill "$worker_pid"; wait "$worker_pid" 2>/dev/null || true
 trap - EXIT
 echo "worker stopped (its log: $worker_log)"
 
-stage 7 "where everything is"
+stage 7 "training: SFT -> two GRPO domain teachers -> multi-teacher distillation (tiny, CPU)"
+# Curated datasets come with the curation stage; until then SFT reads tool-using conversations
+# built from the MuSiQue paragraphs. Each stage leaves <output_dir>/model for the next one; the
+# runs and their curves go to PostgreSQL (training_runs, run_metrics). About five minutes.
+runs="$home/runs"
+rm -rf "$runs"  # a fresh chain every time (SFT would otherwise resume its finished run)
+mkdir -p "$runs"
+uv run --frozen python -m kap.training.demo_data "$runs/conversations.jsonl" 240 >/dev/null
+logged "$runs/sft.log" kap train sft --config configs/train/sft-tiny.yaml \
+  --set data="$runs/conversations.jsonl" --set output_dir="$runs/sft-tiny"
+for domain in calculator mental; do
+  calculator=$([ "$domain" = calculator ] && echo true || echo false)
+  logged "$runs/teacher-$domain.log" kap train teacher --config configs/train/teacher-tiny.yaml \
+    --set run.name="teacher-$domain" --set run.model="$runs/sft-tiny/model" \
+    --set run.domain="$domain" --set toy.with_calculator="$calculator" \
+    --set run.output_dir="$runs/teacher-$domain"
+done
+teachers="{calculator: $runs/teacher-calculator/model, mental: $runs/teacher-mental/model}"
+logged "$runs/distill.log" kap train distill --config configs/train/distill-tiny.yaml \
+  --set "distill.teachers=$teachers" --set run.model="$runs/sft-tiny/model" \
+  --set run.output_dir="$runs/distill-tiny"
+echo "models, metrics.jsonl and logs of each stage: $runs"
+
+stage 8 "where everything is"
 kap services status
 cat <<MSG
 
