@@ -5,7 +5,6 @@ distillation on the CPU, each stage reading the model the one before it wrote.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,10 @@ from kap.training.runs import read_jsonl_metrics
 from kap.training.stages import read_stage_file, run_stage, section
 from kap.training.tokenizer import load_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[3]
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "head_dim": 16,
         "intermediate_size": 64}  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write(path: Path, data: dict[str, object]) -> Path:
