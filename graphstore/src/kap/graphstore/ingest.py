@@ -27,6 +27,7 @@ from kap.graphstore.extract import Extractor, normalize_predicate
 from kap.graphstore.mentions import MentionMatcher
 from kap.graphstore.records import LoadResult, SourceDocument, ToolSpec, Triple
 from kap.graphstore.text import TextSpan, chunk_text, content_id, normalize_name, sha256_text
+from kap.platform.errors import GraphStoreError
 
 Row = dict[str, Any]
 Progress = Callable[[int], None]
@@ -57,8 +58,44 @@ class Batch:
             (Q.MERGE_CHUNKS, self.chunks),
             (Q.MERGE_NEXT, self.next),
             (Q.MERGE_MENTIONS, self.mentions),
-            (Q.MERGE_RELATIONS, self.relations),
+            (Q.MERGE_RELATIONS, merge_relation_rows(self.relations)),
         ]
+
+    def pieces(self, max_chars: int) -> list[Batch]:
+        """The batch cut into consecutive transactions of about `max_chars` of chunk text.
+
+        Neo4j caps a transaction's memory (`dbms.memory.transaction.total.max`): one 50 MB
+        document in one transaction fails. A NEXT or MENTIONS row goes with its (later) chunk,
+        the documents with the first piece and the facts with the last, so every MATCH finds
+        what an earlier piece or its own has written.
+        """
+        parts, size = [Batch(documents=self.documents)], 0
+        part_of: dict[str, int] = {}
+        for row in self.chunks:
+            if size and size + len(row["text"]) > max_chars:
+                parts.append(Batch())
+                size = 0
+            parts[-1].chunks.append(row)
+            part_of[row["id"]] = len(parts) - 1
+            size += len(row["text"])
+        for row in self.next:
+            parts[part_of[row["next"]]].next.append(row)
+        for row in self.mentions:
+            parts[part_of[row["chunk_id"]]].mentions.append(row)
+        parts[-1].relations = self.relations
+        return parts
+
+
+def merge_relation_rows(rows: list[Row]) -> list[Row]:
+    """One row per relation id, evidence united in first-seen order (the MERGE does the same)."""
+    merged: dict[str, Row] = {}
+    for row in rows:
+        if (first := merged.get(row["id"])) is None:
+            merged[row["id"]] = {**row, "evidence": list(row["evidence"])}
+        else:
+            seen = set(first["evidence"])
+            first["evidence"] += [x for x in row["evidence"] if x not in seen]
+    return list(merged.values())
 
 
 @dataclass
@@ -79,6 +116,7 @@ class Ingestor:
         *,
         database: str = "neo4j",
         batch_size: int = 200,
+        max_tx_chars: int = 8_000_000,
         max_tokens: int = 200,
         overlap: int = 32,
         extractor: Extractor | None = None,
@@ -87,6 +125,7 @@ class Ingestor:
             raise ValueError("domain must not be empty")
         self.driver, self.domain, self.database = driver, domain, database
         self.batch_size, self.max_tokens, self.overlap = batch_size, max_tokens, overlap
+        self.max_tx_chars = max_tx_chars  # chunk text per transaction, whatever the batch size
         self.extractor = extractor
         self._known: dict[str, str] = {}  # normalized name or alias -> entity id
 
@@ -121,13 +160,6 @@ class Ingestor:
 
         for doc in result.documents:
             add(doc.title, doc.aliases)
-        for triple in result.triples:
-            add(triple.subject, kind="concept")
-            add(triple.object, kind="concept")
-        # A wiki link may name a page this file does not hold: it still becomes an entity,
-        # matchable now as it will be (read back from the graph) on the next run.
-        for target in sorted({t for d in result.documents for t in d.links}):
-            add(target)
         names: dict[str, set[str]] = defaultdict(set)
         existing = self.driver.execute_query(
             Q.EXISTING_ENTITIES, domain=self.domain, database_=self.database
@@ -138,8 +170,21 @@ class Ingestor:
         for row in rows.values():
             for name in [row["name"], *row["aliases"]]:
                 names[name].add(row["id"])
+        by_norm: dict[str, set[str]] = defaultdict(set)
         for name, ids in names.items():
-            self._known.setdefault(normalize_name(name), min(ids))
+            by_norm[normalize_name(name)] |= ids
+        for norm, ids in by_norm.items():
+            own = content_id("entity", self.domain, norm)  # the name's own entity, if it has one,
+            self._known[norm] = own if own in ids else min(ids)  # before an alias holder's
+        # Triple ends and wiki-link targets resolve to a known title or alias; the rest are
+        # new entities. A link may name a page this file does not hold: it still becomes an
+        # entity, matchable now as it will be (read back from the graph) on the next run.
+        others = [(n, "concept") for t in result.triples for n in (t.subject, t.object)]
+        others += [(t, "page") for t in sorted({t for d in result.documents for t in d.links})]
+        for name, kind in others:
+            if normalize_name(name) not in self._known:
+                add(name, kind=kind)
+                self._known[normalize_name(name)] = entity_id(self.domain, name)
         self._add_extracted(result, add)
         for row in rows.values():  # extracted names are matched now, as on every later run
             names[row["name"]].add(row["id"])
@@ -203,11 +248,9 @@ class Ingestor:
                         batch.relations.append(self._relation(subject, predicate, obj, [cid]))
         batch.next += [{"prev": a, "next": b} for a, b in pairwise(chunk_ids)]
         for target in doc.links:
-            if normalize_name(target) != normalize_name(doc.title):
+            if (linked := self.resolve(target)) != page:  # a link to itself (or an alias) is none
                 evidence = self._link_evidence(target, spans, chunk_ids)
-                batch.relations.append(
-                    self._relation(page, "links_to", entity_id(self.domain, target), evidence)
-                )
+                batch.relations.append(self._relation(page, "links_to", linked, evidence))
 
     @staticmethod
     def _link_evidence(target: str, spans: list[TextSpan], chunk_ids: list[str]) -> list[str]:
@@ -231,7 +274,7 @@ class Ingestor:
         }
 
     def _triple_rows(self, triple: Triple, matcher: MentionMatcher, batch: Batch) -> None:
-        subject, obj = entity_id(self.domain, triple.subject), entity_id(self.domain, triple.object)
+        subject, obj = self.resolve(triple.subject), self.resolve(triple.object)
         evidence: list[str] = []
         if triple.evidence:
             title = f"{triple.subject} {triple.predicate} {triple.object}"
@@ -272,7 +315,8 @@ class Ingestor:
             if progress:
                 progress(len(tools))
         for batch, n in self.batches(result, matcher):
-            self._write(batch.statements())
+            for piece in batch.pieces(self.max_tx_chars):
+                self._write(piece.statements())
             stats.documents += len(batch.documents)
             stats.chunks += len(batch.chunks)
             stats.mentions += len(batch.mentions)
@@ -330,12 +374,14 @@ def delete_document(
     """Remove a document, its chunks and mentions, and facts it alone supported.
 
     Returns the removed chunk ids, so the caller can drop their vectors from the evidence index.
+    A document id that is not in `domain` is an error, and nothing is deleted.
     """
 
     def work(tx: neo4j.ManagedTransaction) -> list[str]:
-        chunk_ids: list[str] = tx.run(Q.DOCUMENT_CHUNK_IDS, id=document_id).single(strict=True)[
-            "chunk_ids"
-        ]
+        found = tx.run(Q.DOCUMENT_CHUNK_IDS, id=document_id, domain=domain).single()
+        if found is None:
+            raise GraphStoreError(f"no document {document_id!r} in domain {domain!r}")
+        chunk_ids: list[str] = found["chunk_ids"]
         tx.run(Q.PRUNE_EVIDENCE, domain=domain, chunk_ids=chunk_ids).consume()
         tx.run(Q.DELETE_DOCUMENT, id=document_id).consume()
         return chunk_ids

@@ -75,8 +75,9 @@ SET f.type = row.type
 # ---- deletion: the document, its chunks, and relations whose only evidence it was ----
 
 DOCUMENT_CHUNK_IDS = """
-MATCH (c:Chunk)-[:PART_OF]->(d:Document {id: $id})
-RETURN collect(c.id) AS chunk_ids
+MATCH (d:Document {id: $id}) WHERE d.domain = $domain
+OPTIONAL MATCH (c:Chunk)-[:PART_OF]->(d)
+RETURN d.id AS id, collect(c.id) AS chunk_ids  // grouped by d: no row without the document
 """
 
 PRUNE_EVIDENCE = """
