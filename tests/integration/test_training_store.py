@@ -81,7 +81,7 @@ def make_dataset(
                 idempotency_key=f"t:{uuid.uuid4()}",
             )
             trajectory = Trajectory(task=task, campaign=campaign, sample_index=0, model="scripted",
-                                    meta={"tools": TOOLS}, idempotency_key=f"s:{uuid.uuid4()}",
+                                    tools=TOOLS, idempotency_key=f"s:{uuid.uuid4()}",
                                     steps=steps_of(i))  # fmt: skip
             trajectories.append(trajectory)
         dataset = Dataset(name=name, version=version, sql="SELECT ...", row_count=n,
@@ -169,6 +169,15 @@ def test_unknown_and_unfrozen_datasets_are_refused(engine: sa.Engine) -> None:
         load_snapshot(engine, "draft@latest")
     with pytest.raises(DatasetError, match="no dataset"):
         load_snapshot(engine, uuid.uuid4())
+
+
+def test_stored_messages_are_used_as_they_are(engine: sa.Engine) -> None:
+    dataset_id = make_dataset(engine, "with-messages", 1)
+    messages = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]
+    with Session(engine) as session, session.begin():
+        session.execute(sa.update(Trajectory).values(messages=messages))
+    (conversation,) = load_snapshot(engine, dataset_id).conversations
+    assert conversation.messages == messages and conversation.tools == TOOLS
 
 
 def test_a_tool_row_without_a_call_is_named() -> None:

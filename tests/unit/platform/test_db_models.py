@@ -26,6 +26,7 @@ from kap.platform.db.models import NAMING_CONVENTION, Base
 
 TABLES = {
     "campaigns",
+    "campaign_items",
     "tasks",
     "trajectories",
     "steps",
@@ -177,6 +178,7 @@ def test_status_columns_are_checked_varchars_of_enum_values() -> None:
     found = enum_columns()
     assert {(t.name, c.name) for t, c in found} == {
         ("campaigns", "status"),
+        ("campaign_items", "status"),
         ("trajectories", "status"),
         ("steps", "role"),
         ("training_runs", "stage"),

@@ -8,7 +8,9 @@ naming a trajectory. Only frozen datasets are read: a training run records the d
 its `content_hash`, which proves the exact trajectories it saw, so reading a dataset that can
 still change would make that proof worthless.
 
-A trajectory becomes an OpenAI-style conversation from its `steps` rows in `t` order:
+A trajectory's conversation is its `messages` column (the OpenAI-style messages the solver
+wrote) with its `tools`; a trajectory stored without them is rebuilt from its `steps` rows in
+`t` order:
 - `system` / `user` steps: `{"role", "content"}`;
 - an `assistant` step: `{"role": "assistant", "content"}`, with, when it names a `tool`, one
   tool call `{"id": "call_<t>", "type": "function", "function": {"name": tool, "arguments":
@@ -17,8 +19,7 @@ A trajectory becomes an OpenAI-style conversation from its `steps` rows in `t` o
   self-play step);
 - a `tool` step (an observation written as a row of its own): a tool message answering the
   latest call that has no answer yet.
-The conversation's domain is its task's, its tools `trajectory.meta["tools"]` (OpenAI function
-schemas, when the solver recorded them), its id the trajectory id.
+The conversation's domain is its task's, its id the trajectory id.
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ def messages_from_steps(steps: Sequence[Step]) -> list[Message]:
 
 
 def _conversation(trajectory: Trajectory, domain: str, steps: Sequence[Step]) -> Conversation:
-    messages = messages_from_steps(steps)
-    tools = trajectory.meta.get("tools") or None
+    messages = list(trajectory.messages) or messages_from_steps(steps)
+    tools = list(trajectory.tools) or None
     try:
         validate_messages(messages, tools)
     except TrainingError as exc:

@@ -94,6 +94,17 @@ class TrajectoryStatus(StrEnum):
     FAILED = "failed"  # infrastructure error (LLM, tool, sandbox)
 
 
+class ItemStatus(StrEnum):
+    """Where one task slot of a campaign stands (the ledger the reconciler reads)."""
+
+    PENDING = "pending"  # written before anything is enqueued
+    QUEUED = "queued"  # its propose -> solve -> verify -> record chain went to the broker
+    DONE = "done"  # its task was proposed, solved n times, verified and recorded
+    REJECTED = "rejected"  # the proposal failed a criterion or duplicated another: kept, not solved
+    FAILED = "failed"  # given up after the reconciler's last attempt
+    CANCELLED = "cancelled"  # the campaign was cancelled before it finished
+
+
 class Role(StrEnum):
     """OpenAI-style message role of one step."""
 
@@ -175,6 +186,32 @@ class Campaign(Base):
     __table_args__ = (Index(None, "status"), Index(None, "created_at"))
 
 
+class CampaignItem(Base):
+    """One task slot of a campaign: the ledger row written before its work is enqueued."""
+
+    __tablename__ = "campaign_items"
+
+    id: Mapped[BigIdPk]
+    campaign_id: Mapped[uuid.UUID] = mapped_column(fk("campaigns.id", ondelete="CASCADE"))
+    position: Mapped[int]  # 0 .. tasks - 1; with the campaign, names the slot for idempotency keys
+    status: Mapped[ItemStatus] = mapped_column(
+        str_enum(ItemStatus, "status"), default=ItemStatus.PENDING, server_default="pending"
+    )
+    attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    task_id: Mapped[uuid.UUID | None] = mapped_column(fk("tasks.id", ondelete="SET NULL"))
+    error: Mapped[str | None]
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "position"),  # also the campaign_id index
+        CheckConstraint("position >= 0", name="position_nonnegative"),
+        CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        Index(None, "status", "updated_at"),
+        Index(None, "task_id"),
+    )
+
+
 class Task(Base):
     """A proposed task: question, gold answer, the evidence it needs, the five criteria."""
 
@@ -228,6 +265,9 @@ class Trajectory(Base):
     n_turns: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     n_tokens: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     final_answer: Mapped[str | None]
+    # The whole conversation as the model saw it, OpenAI-style; `steps` hold it turn by turn.
+    messages: Mapped[JSONListCol]
+    tools: Mapped[JSONListCol]  # the function schemas the model was shown
     meta: Mapped[JSONDictCol]
     idempotency_key: Mapped[str]
     created_at: Mapped[CreatedAt]
