@@ -57,7 +57,10 @@ def test_tasks_within_the_limit_pass(settings: Settings) -> None:
     check_time_limits(app)
 
 
-def test_training_tasks_route_to_the_gpu_queue_and_others_to_default(settings: Settings) -> None:
+def test_tasks_route_to_their_queues_by_name(settings: Settings) -> None:
     router = _app(settings).amqp.router
     assert router.route({}, "kap.training.run_stage")["queue"].name == "train"
-    assert router.route({}, "kap.workers.solve")["queue"].name == "default"
+    assert router.route({}, "kap.workers.solve")["queue"].name == "solve"
+    assert router.route({}, "kap.workers.propose")["queue"].name == "propose"
+    assert router.route({}, "kap.workers.record")["queue"].name == "verify"
+    assert router.route({}, "kap.platform.ping")["queue"].name == "default"

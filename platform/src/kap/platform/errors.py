@@ -19,6 +19,11 @@ class DatabaseError(KapError):
     """PostgreSQL schema or migration problem."""
 
 
+class TransientStoreError(KapError):
+    """PostgreSQL or Neo4j is unreachable, restarting or lost the connection mid-write: worth
+    retrying later (the writes are idempotent). Wraps the driver's exception as `__cause__`."""
+
+
 class GraphStoreError(KapError):
     """Neo4j schema, query or ingestion problem."""
 

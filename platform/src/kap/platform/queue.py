@@ -55,7 +55,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": True,
         "task_default_queue": "default",
         # By name, so platform never imports the members: training tasks need the GPU nodes.
-        "task_routes": {"kap.training.*": {"queue": "train"}},
+        "task_routes": {
+            "kap.training.*": {"queue": "train"},
+            "kap.workers.propose": {"queue": "propose"},
+            "kap.workers.solve": {"queue": "solve"},
+            "kap.workers.verify": {"queue": "verify"},
+            "kap.workers.record": {"queue": "verify"},
+            "kap.workers.item_failed": {"queue": "verify"},
+        },
         "task_create_missing_queues": True,
         "result_expires": 7 * 24 * 3600,
         "enable_utc": True,
