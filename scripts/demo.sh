@@ -44,14 +44,24 @@ fi
 stage 5 "a query on each store: RETURN 1, SELECT 1, PING"
 kap services check
 
-stage 6 "a Celery task round trip through a real worker"
+stage 6 "self-play: a Celery round trip, then a small campaign through a real worker"
 home="$(kap services status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["state_dir"])')"
 worker_log="$home/logs/worker.log"
 # Run the worker's own executable, not through `uv run`, so that $! is the worker itself.
-.venv/bin/kap worker --concurrency 1 >"$worker_log" 2>&1 &
+.venv/bin/kap worker --concurrency 2 >"$worker_log" 2>&1 &
 worker_pid=$!
 trap 'kill "$worker_pid" 2>/dev/null || true; wait "$worker_pid" 2>/dev/null || true' EXIT
 kap queue ping --timeout 120
+if [ -f "$musique" ]; then
+  # propose (relation chains, five criteria) -> 2 x solve (scripted policy, real tools) ->
+  # verify -> record (trajectories in PostgreSQL, action records in Neo4j)
+  kap campaign run configs/campaigns/search-small.yaml --wait
+  cat <<MSG
+The trajectories: uv run kap campaign status ID  (ID above), or in SQL, e.g.
+  SELECT t.question, tr.final_answer, v.correct, tr.n_turns FROM trajectories tr
+    JOIN tasks t ON t.id = tr.task_id JOIN verdicts v ON v.trajectory_id = tr.id;
+MSG
+fi
 kill "$worker_pid"; wait "$worker_pid" 2>/dev/null || true
 trap - EXIT
 echo "worker stopped (its log: $worker_log)"

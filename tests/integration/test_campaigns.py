@@ -199,6 +199,29 @@ def test_a_worker_killed_mid_campaign_loses_nothing_and_duplicates_nothing(
     assert_exactly_once(counts(engine, campaign_id), items=20, samples=2)
 
 
+def test_postgres_and_neo4j_restarted_mid_campaign_lose_nothing(
+    corpus: str, env: dict[str, str], engine: sa.Engine, workers: Workers, tmp_path: Path,
+    services: Settings,
+) -> None:  # fmt: skip
+    from kap.platform.services.manager import ServiceManager
+
+    workers.start(concurrency=2)
+    config = config_file(tmp_path, corpus, tasks=16, samples_per_task=2, seed=11,
+                         stuck_after_s=30)  # fmt: skip
+    campaign_id = kap(env, "campaign", "run", str(config), "--json")["campaign_id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not counts(engine, campaign_id)["items"].get("done"):
+        time.sleep(0.5)
+    manager = ServiceManager(services)
+    for name in ("postgres", "neo4j"):  # writes in flight fail, are retried with backoff
+        manager.down([name])
+        time.sleep(2)
+        manager.up([name])
+    status = kap(env, "campaign", "status", campaign_id, "--wait", "--json", "--poll", "1")
+    assert status["finished"] == status["total"] == 16
+    assert_exactly_once(counts(engine, campaign_id), items=16, samples=2)
+
+
 def test_cancel_stops_a_campaign_and_resume_finishes_it(
     corpus: str, env: dict[str, str], engine: sa.Engine, workers: Workers, tmp_path: Path
 ) -> None:

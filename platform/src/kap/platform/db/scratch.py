@@ -16,9 +16,11 @@ def scratch_database(url: str, *, prefix: str = "kap_scratch") -> Iterator[str]:
     The role in `url` needs CREATEDB (the local cluster's superuser `kap` has it).
     """
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    # No pool: a connection opened before a server restart (tests restart it) is never reused.
     admin = sa.create_engine(
-        sa.make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT"
-    )
+        sa.make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT",
+        poolclass=sa.NullPool,
+    )  # fmt: skip
     try:
         with admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # name is ours, not user input
