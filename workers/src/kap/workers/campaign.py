@@ -40,11 +40,21 @@ class Endpoint(BaseModel):
     model: str
 
 
-class Models(BaseModel):
-    """Who plays each role: the scripted baseline, or a model behind an endpoint."""
+class LocalModel(BaseModel):
+    """A local checkpoint directory run in the worker with transformers (small models)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    solver: Literal["scripted"] | Endpoint = "scripted"
+    path: str
+    device: str = "cpu"
+    max_new_tokens: Annotated[int, Field(ge=1)] = 512
+    temperature: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Models(BaseModel):
+    """Who plays each role: the scripted baseline, a model behind an endpoint, or a local one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    solver: Literal["scripted"] | Endpoint | LocalModel = "scripted"
     rewriter: Endpoint | None = None  # fluent rewrites of proposed questions
     judge: Endpoint | None = None  # an LLM judge of answer correctness
 

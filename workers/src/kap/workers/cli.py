@@ -3,6 +3,8 @@
 
 kap sandbox run FILE [--json] [--timeout S]
 kap eval qa QUESTIONS.json --domain D --solver scripted [--k K] [--limit N] [--json]
+kap eval qa QUESTIONS.json --domain D --solver http --endpoint URL --model NAME
+kap eval qa QUESTIONS.json --domain D --solver local --model CHECKPOINT_DIR [--device cuda]
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ eval_app = typer.Typer(help="Evaluate solvers on external questions.", no_args_i
 class SolverKind(StrEnum):
     SCRIPTED = "scripted"
     HTTP = "http"
+    LOCAL = "local"  # a local transformers checkpoint, in process (the `local` extra)
 
 
 @eval_app.command("qa")
@@ -96,7 +99,14 @@ def eval_qa(
     endpoint: Annotated[
         str | None, typer.Option(help="OpenAI-compatible base URL (--solver http).")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Model name at the endpoint.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model name at the endpoint (http); checkpoint directory (local)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="torch device of the local model.")] = "cpu",
+    max_new_tokens: Annotated[
+        int, typer.Option(min=1, help="Tokens per reply of the local model.")
+    ] = 512,
     judge_endpoint: Annotated[
         str | None, typer.Option(help="Base URL of an LLM judge for answer correctness.")
     ] = None,
@@ -116,9 +126,10 @@ def eval_qa(
 
     settings = ctx.obj
     items = json.loads(questions.read_text())[:limit]
-    policy = _policy_factory(solver, k=k, endpoint=endpoint, model=model)
     judge = _judge(judge_endpoint, judge_model)
-    directory = require_index_dir(settings.state_dir, domain)  # before the model loads
+    directory = require_index_dir(settings.state_dir, domain)  # before the models load
+    policy = _policy_factory(solver, k=k, endpoint=endpoint, model=model, device=device,
+                             max_new_tokens=max_new_tokens)  # fmt: skip
     embedder = Embedder()
     index = EvidenceIndex.load(directory, expect_model=embedder.name, expect_dim=embedder.dim)
     db = settings.neo4j_database
@@ -145,10 +156,23 @@ def eval_qa(
 
 
 def _policy_factory(
-    solver: SolverKind, *, k: int, endpoint: str | None, model: str | None
+    solver: SolverKind,
+    *,
+    k: int,
+    endpoint: str | None,
+    model: str | None,
+    device: str = "cpu",
+    max_new_tokens: int = 512,
 ) -> Callable[[], Policy]:
     if solver is SolverKind.SCRIPTED:
         return lambda: ScriptedPolicy(k=k)
+    if solver is SolverKind.LOCAL:
+        if not model:
+            raise typer.BadParameter("--solver local needs --model CHECKPOINT_DIR")
+        from kap.workers.local_policy import TransformersPolicy  # torch: the `local` extra
+
+        local = TransformersPolicy(model, device=device, max_new_tokens=max_new_tokens)
+        return lambda: local  # stateless between replies: one loaded model serves every episode
     if not endpoint or not model:
         raise typer.BadParameter("--solver http needs --endpoint and --model")
     client = ChatClient(EndpointConfig(endpoint, model))

@@ -7,7 +7,8 @@ Backends:
   `kap.platform.llm.ChatClient`, which owns timeouts, retries, concurrency and usage;
 - `ScriptedPolicy` (`kap.workers.scripted_policy`): a deterministic agent over the same tools,
   the baseline that runs the whole loop on a CPU without weights.
-An in-process transformers backend is not here yet.
+- `TransformersPolicy` (`kap.workers.local_policy`): a small local checkpoint run in process
+  (torch and transformers: the `local` extra).
 """
 
 from __future__ import annotations

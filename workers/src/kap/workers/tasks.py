@@ -31,7 +31,7 @@ from kap.platform.errors import TransientLLMError, TransientStoreError
 from kap.platform.queue import app
 from kap.platform.settings import Settings
 from kap.workers import campaign as ledger
-from kap.workers.campaign import CampaignConfig, Endpoint
+from kap.workers.campaign import CampaignConfig, Endpoint, LocalModel
 
 VERIFIER, VERIFIER_VERSION = "search-rules", "1"
 TRANSIENT = (
@@ -200,17 +200,30 @@ def propose_task(campaign_id: str, position: int) -> dict[str, Any]:
 # ---- solve ----
 
 
+@functools.cache
+def _local(model: LocalModel) -> Any:
+    from kap.workers.local_policy import TransformersPolicy
+
+    return TransformersPolicy(model.path, max_new_tokens=model.max_new_tokens,
+                              temperature=model.temperature, device=model.device)  # fmt: skip
+
+
 def _policy(config: CampaignConfig) -> Any:
     from kap.workers.policy import HttpPolicy
     from kap.workers.scripted_policy import ScriptedPolicy
 
-    if config.models.solver == "scripted":
+    solver = config.models.solver
+    if solver == "scripted":
         return ScriptedPolicy(k=config.search_k)
-    return HttpPolicy(client(config.models.solver))
+    if isinstance(solver, LocalModel):
+        return _local(solver)  # loaded once per worker process
+    return HttpPolicy(client(solver))
 
 
 def _model_name(config: CampaignConfig) -> str:
     solver = config.models.solver
+    if isinstance(solver, LocalModel):
+        return solver.path
     return solver if isinstance(solver, str) else solver.model
 
 
