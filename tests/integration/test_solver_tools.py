@@ -144,6 +144,21 @@ def test_the_scripted_solver_answers_and_reads_the_evidence(tools: Toolset) -> N
     assert not any(s.checks["error"] for s in result.steps)
 
 
+def test_the_scripted_solver_follows_a_proposed_chain_through_the_graph(tools: Toolset) -> None:
+    question = ("The article on Hello Love (song) mentions a page, X. "
+                "Which page does the article on X mention?")  # fmt: skip
+    result = solve(question, ScriptedPolicy(k=3), tools, SolverConfig(max_turns=30))
+    assert result.stop_reason is StopReason.ANSWERED and result.answer == "Tennessee"
+    called = [c["function"]["name"] for s in result.steps for c in s.tool_calls]
+    assert called.count("graph") >= 2  # the start, then X (Hank Snow)
+    read_titles = {
+        json.loads(m["content"])["chunks"][0]["title"]
+        for m in result.messages
+        if m["role"] == "tool" and '"chunks"' in m["content"]
+    }
+    assert {"Hello Love (song)", "Hank Snow"} <= read_titles  # it read each hop's evidence
+
+
 def test_evaluate_scores_the_question(
     driver: neo4j.Driver, tools: Toolset, corpus: tuple[str, EvidenceIndex]
 ) -> None:

@@ -12,6 +12,12 @@ The plan, hop by hop, for `hops` hops (estimated from the question's relative cl
    mentions most (text read in this hop counts double; a graph neighbour gets a bonus);
 3. hop j > 0: `visit` the bridge's page, `search` the question with the bridge's name (a
    sub-query), `visit` the best new chunks, `graph` the bridge; then choose the next bridge.
+Chain questions (their intermediates named only by a placeholder letter, X, Y, ..., as the
+proposer writes them) are followed through the graph instead: `graph` the one named entity,
+keep its outgoing facts whose predicate the question uses, `graph` each entity reached, hop by
+hop (one hop per placeholder, plus the last), `visit` the evidence chunks of the path found and
+answer with the entity at its end (the one most paths reach). Nothing but the question and
+the tool results goes into it; if the chain breaks, the plan above takes over.
 Answer: for "when / what year" questions the first date in the last hop's reading, for
 "how many / how much" the first number there that the question does not hold; otherwise the
 bridge chosen after the last hop (the entity most supported by what it read that the
@@ -74,13 +80,19 @@ class _Episode:
     hop: int = 0
     phase: str = "start"
     n_calls: int = 0
+    facts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # fold(entity) -> facts
+    paths: list[list[dict[str, Any]]] = field(default_factory=list)  # chain mode: facts so far
 
 
 class ScriptedPolicy:
     """`Policy` that plays the plan above; one instance serves one episode at a time."""
 
-    def __init__(self, *, k: int = 5, visits_per_search: int = 3, max_graph: int = 2) -> None:
+    def __init__(
+        self, *, k: int = 5, visits_per_search: int = 3, max_graph: int = 2,
+        max_chain_width: int = 8,
+    ) -> None:  # fmt: skip
         self.k, self.visits_per_search, self.max_graph = k, visits_per_search, max_graph
+        self.max_chain_width = max_chain_width  # entities graphed per hop in chain mode
         self._ep: _Episode | None = None
 
     def next_message(
@@ -123,6 +135,7 @@ class ScriptedPolicy:
             for chunk in body["chunks"]:
                 ep.read.setdefault(chunk["chunk_id"], (chunk["title"], chunk["text"], hop))
         elif name == "graph":
+            ep.facts[fold(body["entity"])] = list(body["facts"])
             for fact in body["facts"]:
                 for other in (fact["subject"], fact["object"]):
                     if other and fold(other) != fold(body["entity"]):
@@ -134,7 +147,9 @@ class ScriptedPolicy:
         if ep.phase == "start":
             ep.queue.append(("search", {"query": ep.question, "k": self.k},
                              "Searching for the question itself."))  # fmt: skip
-            ep.phase = "read"
+            ep.phase = "chain" if placeholders(ep.question) else "read"
+        elif ep.phase == "chain":
+            self._chain_step(ep)
         elif ep.phase == "read":
             for name in self._frontier(ep)[: self.max_graph]:
                 ep.graphed.add(fold(name))
@@ -156,6 +171,49 @@ class ScriptedPolicy:
             ep.phase = "read"
         else:  # an answer was already given; a solver that goes on gets the same answer
             ep.queue.append(("answer", {"text": self._answer(ep)}, "Answering."))
+
+    # ---- chain mode ----
+
+    def _chain_step(self, ep: _Episode) -> None:
+        """One hop of the chain: extend every path by the facts read for its last entity."""
+        hops = len(placeholders(ep.question)) + 1
+        if not ep.paths and ep.hop == 0:
+            starts = chain_start(ep)
+            if not starts:
+                ep.phase = "read"
+                return
+            ep.paths = [[{"object": starts[0]}]]
+        ends = list(dict.fromkeys(str(path[-1]["object"]) for path in ep.paths))
+        missing = [e for e in ends if fold(e) not in ep.facts and fold(e) not in ep.graphed]
+        if missing:  # read the graph around this hop's entities first
+            for name in missing[: self.max_chain_width]:
+                ep.graphed.add(fold(name))
+                ep.queue.append(("graph", {"name": name}, f"Following the relations of {name}."))
+            return
+        extended = [
+            [*path, fact]
+            for path in ep.paths
+            for fact in outgoing(
+                ep.facts.get(fold(str(path[-1]["object"])), []),
+                str(path[-1]["object"]),
+                ep.question,
+            )
+            if fold(str(fact["object"])) not in {fold(str(f["object"])) for f in path}
+        ]
+        if not extended:  # the chain broke: fall back to reading
+            ep.hop, ep.phase, ep.paths = 0, "read", []
+            return
+        ep.paths, ep.hop = extended[: self.max_chain_width * 4], ep.hop + 1
+        if ep.hop < hops:
+            return
+        answer = chain_answer(ep.paths)
+        path = next(p for p in ep.paths if p[-1]["object"] == answer)
+        evidence = list(dict.fromkeys(c for fact in path[1:] for c in fact.get("evidence", [])))
+        for chunk_id in evidence[: 2 * hops]:
+            ep.queue.append(("visit", {"id": chunk_id}, "Reading the evidence of the chain."))
+        ep.bridges.append(answer)
+        ep.queue.append(("answer", {"text": base_name(answer)}, "Answering."))
+        ep.phase = "done"
 
     def _frontier(self, ep: _Episode) -> list[str]:
         """Hop 0: the question's entities, the last named first; later: the bridge."""
@@ -218,6 +276,46 @@ def question_entities(ep: _Episode) -> list[str]:
     if not names:
         names = [t for _, t, _ in ep.hits[:1] if t]
     return names
+
+
+_PLACEHOLDER = re.compile(r"\b[XYZWV]\b")
+_QUESTION_WORDS = frozenset({"which", "what", "who", "whom", "whose", "where", "when", "how"})
+
+
+def chain_start(ep: _Episode) -> list[str]:
+    """The entity a chain question names: a search hit's title it mentions, else its first
+    capitalized phrase that is neither a placeholder nor a question word."""
+    titles = [t for t in dict.fromkeys(t for _, t, _ in ep.hits if t) if mentions(t, ep.question)]
+    if titles:
+        return [min(titles, key=lambda t: fold(ep.question).find(fold(base_name(t))))]
+    spans = [m.group() for m in _CAPITALIZED.finditer(ep.question)]
+    spans = [s for s in spans if ep.question.find(s) > 0 and not _PLACEHOLDER.fullmatch(s)
+             and s.lower() not in _QUESTION_WORDS]  # fmt: skip
+    return spans[:1]
+
+
+def placeholders(question: str) -> list[str]:
+    """The placeholder letters standing for unnamed intermediate entities, in order."""
+    return list(dict.fromkeys(_PLACEHOLDER.findall(question)))
+
+
+def _stems(predicate: str) -> list[str]:
+    words = [w for w in re.split(r"[^a-z]+", predicate.lower()) if len(w) >= 4]
+    return [w[: max(4, len(w) - 2)] for w in words]
+
+
+def outgoing(facts: Sequence[dict[str, Any]], entity: str, question: str) -> list[dict[str, Any]]:
+    """The entity's facts as subject whose predicate the question uses (all when none does)."""
+    own = [f for f in facts if fold(str(f.get("subject"))) == fold(entity) and f.get("object")]
+    folded = fold(question)
+    named = [f for f in own if any(stem in folded for stem in _stems(str(f["predicate"])))]
+    return named or own
+
+
+def chain_answer(paths: Sequence[Sequence[dict[str, Any]]]) -> str:
+    """The end most paths reach (ties: the first found)."""
+    ends = [str(path[-1]["object"]) for path in paths]
+    return max(dict.fromkeys(ends), key=ends.count)
 
 
 def _since_last_assistant(messages: Sequence[Message]) -> list[Message]:
