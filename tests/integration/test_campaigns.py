@@ -112,6 +112,7 @@ def kap(env: dict[str, str], *args: str, timeout: float = 600) -> dict[str, Any]
     done = subprocess.run([KAP, *args], env=env, capture_output=True, text=True, timeout=timeout,
                           check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 

@@ -53,9 +53,23 @@ def _id(text: str) -> uuid.UUID:
 
 
 def _configure(settings: Settings) -> None:
+    import atexit
+
     from kap.platform.queue import configure
 
-    configure(settings)
+    celery = configure(settings)
+    consumer = celery.backend.result_consumer  # the backend loaded now, not at exit
+
+    def release() -> None:
+        # Each sent task's result subscribes to its Redis channel and unsubscribes when it is
+        # collected, which for some happens in the interpreter's shutdown (a traceback on
+        # exit). Close the subscriber now: its subscriptions end with its connection.
+        consumer.stop()
+        subscribed = getattr(consumer, "subscribed_to", None)
+        if subscribed is not None:
+            subscribed.clear()
+
+    atexit.register(release)
 
 
 @campaign_app.command("run")
