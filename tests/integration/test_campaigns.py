@@ -124,6 +124,8 @@ def counts(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
         "tasks": "SELECT count(*), count(DISTINCT idempotency_key) FROM tasks "
                  "WHERE campaign_id = :c",
         "accepted": "SELECT count(*) FROM tasks WHERE campaign_id = :c AND accepted",
+        "fingerprints": "SELECT count(*) - count(DISTINCT meta->>'fingerprint') FROM tasks "
+                        "WHERE campaign_id = :c",
         "trajectories": "SELECT count(*), count(DISTINCT (task_id, sample_index)) "
                         "FROM trajectories WHERE campaign_id = :c",
         "verdicts": "SELECT count(*), count(DISTINCT v.trajectory_id) FROM verdicts v "
@@ -140,6 +142,7 @@ def counts(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
         "items": dict(out["items"]),
         "tasks": tuple(out["tasks"][0]),
         "accepted": out["accepted"][0][0],
+        "duplicate_fingerprints": out["fingerprints"][0][0],
         "trajectories": tuple(out["trajectories"][0]),
         "verdicts": tuple(out["verdicts"][0]),
         "turns": out["turns"][0][0],
@@ -152,6 +155,7 @@ def assert_exactly_once(facts: dict[str, Any], *, items: int, samples: int) -> N
     assert set(facts["items"]) <= {"done", "rejected"}, facts  # every item finished
     tasks, distinct_tasks = facts["tasks"]
     assert tasks == distinct_tasks <= items  # one task per item at most
+    assert facts["duplicate_fingerprints"] == 0  # no two items asked the same thing
     trajectories, distinct = facts["trajectories"]
     assert trajectories == distinct == facts["accepted"] * samples  # none lost, none twice
     assert facts["verdicts"] == (trajectories, trajectories)  # one verdict each

@@ -18,8 +18,10 @@ backoff and jitter; other errors fail the item's chain, whose errback puts the i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import neo4j
@@ -134,12 +136,25 @@ def _fingerprints(campaign_id: str) -> set[str]:
         return {f for f in found if f}
 
 
+@contextlib.contextmanager
+def campaign_lock(campaign_id: str) -> Iterator[None]:
+    """A PostgreSQL advisory lock per campaign: proposals of one campaign take turns, so two
+    items proposed at once cannot both miss each other's fingerprint. It is a session lock on
+    its own connection, so a killed worker's lock ends with its connection."""
+    key = int.from_bytes(uuid.UUID(campaign_id).bytes[:8], "big", signed=True)
+    with engine().connect() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            conn.commit()
+
+
 @app.task(name="kap.workers.propose", **RETRY)  # type: ignore[untyped-decorator]
 def propose_task(campaign_id: str, position: int) -> dict[str, Any]:
     """Propose the item's task (accepted or rejected with reasons) once; return its id."""
-    from kap.workers.proposer import LLMRewriter, propose
-    from kap.workers.store import write_task
-
     out: dict[str, Any] = {"campaign_id": campaign_id, "position": position}
     config, cancelled = _config(campaign_id)
     if cancelled:
@@ -147,6 +162,18 @@ def propose_task(campaign_id: str, position: int) -> dict[str, Any]:
     key = f"{campaign_id}:{position}:task"
     if (found := _existing_task(key)) is not None:
         return out | {"task_id": str(found[0]), "accepted": found[1]}
+    with campaign_lock(campaign_id):
+        return out | _propose_once(config, campaign_id, position, key)
+
+
+def _propose_once(
+    config: CampaignConfig, campaign_id: str, position: int, key: str
+) -> dict[str, Any]:
+    from kap.workers.proposer import LLMRewriter, propose
+    from kap.workers.store import write_task
+
+    if (found := _existing_task(key)) is not None:  # a twin delivery got here first
+        return {"task_id": str(found[0]), "accepted": found[1]}
     rewriter = LLMRewriter(client(config.models.rewriter)) if config.models.rewriter else None
     seen, proposals = _fingerprints(campaign_id), []
     for attempt in range(5):  # a near-duplicate of an earlier task: the next seed
@@ -172,7 +199,7 @@ def propose_task(campaign_id: str, position: int) -> dict[str, Any]:
             ItemStatus.REJECTED,
             error="no new chain: every sample duplicated an earlier task",
         )
-        return out | {"accepted": False}
+        return {"accepted": False}
     p = proposals[0]
     task_id = write_task(
         engine(),
@@ -194,7 +221,7 @@ def propose_task(campaign_id: str, position: int) -> dict[str, Any]:
         ledger.finish_item(
             engine(), uuid.UUID(campaign_id), position, ItemStatus.REJECTED, task_id=task_id
         )
-    return out | {"task_id": str(task_id), "accepted": p.accepted}
+    return {"task_id": str(task_id), "accepted": p.accepted}
 
 
 # ---- solve ----
