@@ -6,6 +6,7 @@ tools (neither is a store)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import uuid
@@ -250,6 +251,12 @@ def test_verdict_is_written_once(engine: sa.Engine, campaign_id: uuid.UUID) -> N
         assert (row.trajectory_id, row.verifier, row.verifier_version) == (tid, "search", "1")
         assert row.components == verdict.components
         assert (row.reward, row.correct) == (pytest.approx(verdict.reward), True)
+        assert row.details == {}
+    judged = dataclasses.replace(verdict, details={"judge": "no verdict"})
+    other = write_verdict(engine, tid, judged, verifier="judge", version="1",
+                          idempotency_key="k:4:0:verdict:judge")  # fmt: skip
+    with Session(engine) as session:
+        assert session.get_one(VerdictRow, other).details == {"judge": "no verdict"}
 
 
 def _closed_port() -> int:

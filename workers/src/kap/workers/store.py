@@ -328,14 +328,15 @@ def write_verdict(
 ) -> int:
     """Store a verifier's judgement of a trajectory once; return the verdict row's id.
 
-    `components` holds the named reward components (floats) only; `verdict.details` (e.g.
-    the judge's raw word) has no column and is not stored.
+    `components` holds the named reward components (floats), `details` the verifier's words
+    (e.g. the judge's "no verdict").
     """
     values = {
         "trajectory_id": trajectory_id,
         "verifier": verifier,
         "verifier_version": version,
         "components": {k: float(v) for k, v in verdict.components.items()},
+        "details": clean_json(dict(verdict.details)),
         "reward": float(verdict.reward),
         "correct": verdict.correct,
     }

@@ -332,6 +332,7 @@ class Verdict(Base):
     verifier: Mapped[str]
     verifier_version: Mapped[str]
     components: Mapped[JSONDictCol]  # named reward components
+    details: Mapped[JSONDictCol]  # what the verifier said beyond numbers (a judge's raw word)
     reward: Mapped[float]
     correct: Mapped[bool]
     idempotency_key: Mapped[str]
