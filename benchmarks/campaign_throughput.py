@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from kap.platform.db.models import CampaignItem, ItemStatus
 from kap.platform.db.scratch import scratch_database
 from kap.platform.db.session import make_engine
 from kap.platform.queue import configure
+from kap.platform.services.process import terminate
 from kap.platform.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,13 +143,8 @@ class Workers:
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                terminate(proc.pid, timeout=60, log=self.log_dir)
+            proc.wait()
 
 
 # ---- the two ways ----

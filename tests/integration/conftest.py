@@ -27,3 +27,17 @@ def domain(driver: neo4j.Driver) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
     driver.execute_query("MATCH (n {domain: $d}) DETACH DELETE n", d=name)
+
+
+@pytest.fixture(scope="module")
+def graph(services: Settings) -> Iterator[tuple[neo4j.Driver, str]]:
+    """The small test corpus (`test_ingest.CORPUS`) ingested into a private domain, per module."""
+    from kap.graphstore.ingest import Ingestor
+    from tests.integration.test_ingest import CORPUS
+
+    domain = f"test-corpus-{uuid.uuid4().hex[:8]}"
+    with connect(services) as driver:
+        ensure_schema(driver)
+        Ingestor(driver, domain).run(CORPUS)
+        yield driver, domain
+        driver.execute_query("MATCH (n {domain: $d}) DETACH DELETE n", d=domain)

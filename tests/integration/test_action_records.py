@@ -5,37 +5,23 @@ less-covered starts."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import neo4j
 import pytest
 
-from kap.graphstore.connection import connect
-from kap.graphstore.ingest import Ingestor, entity_id
+from kap.graphstore.ingest import entity_id
 from kap.graphstore.sampling import START_CANDIDATES, sample_chains
-from kap.graphstore.schema import ensure_schema
 from kap.platform.errors import TransientStoreError
 from kap.platform.settings import Settings
 from kap.workers.actions import OBSERVATION_CHARS, record_actions
 from kap.workers.policy import tool_call
 from kap.workers.solver import SolveResult, StepRecord, StopReason
 from kap.workers.verifier import Verdict
-from tests.integration.test_ingest import CORPUS
 
 pytestmark = pytest.mark.integration
 
 CORRECT = Verdict({"correct": 1.0}, 0.9, correct=True)
-
-
-@pytest.fixture(scope="module")
-def graph(services: Settings) -> Iterator[tuple[neo4j.Driver, str]]:
-    domain = f"test-actions-{uuid.uuid4().hex[:8]}"
-    with connect(services) as driver:
-        ensure_schema(driver)
-        Ingestor(driver, domain).run(CORPUS)
-        yield driver, domain
-        driver.execute_query("MATCH (n {domain: $d}) DETACH DELETE n", d=domain)
 
 
 def _first_chunk(driver: neo4j.Driver, domain: str, title: str) -> str:

@@ -30,6 +30,7 @@ from kap.graphstore.indexing import build_index, index_dir
 from kap.graphstore.ingest import Ingestor
 from kap.graphstore.loaders import load_file
 from kap.graphstore.schema import ensure_schema
+from kap.platform.services.process import terminate
 from kap.platform.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -75,22 +76,18 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, concurrency: int = 1) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"worker-{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen([KAP, "worker", "--queues", QUEUES, "--concurrency",
-                                 str(concurrency)], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        with (self.log_dir / f"worker-{len(self.procs)}.log").open("wb") as log:
+            proc = subprocess.Popen([KAP, "worker", "--queues", QUEUES, "--concurrency",
+                                     str(concurrency)], env=self.env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         self.procs.append(proc)
         return proc
 
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                terminate(proc.pid, timeout=60, log=self.log_dir)
+            proc.wait()
 
 
 @pytest.fixture

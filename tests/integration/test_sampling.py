@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
-import neo4j
 import pytest
 
-from kap.graphstore.connection import connect
-from kap.graphstore.ingest import Ingestor, entity_id
+from kap.graphstore.ingest import entity_id
 from kap.graphstore.sampling import count_satisfying, neighbourhood, random_walk, sample_chains
-from kap.graphstore.schema import ensure_schema
 from kap.platform.errors import GraphStoreError
-from kap.platform.settings import Settings
-from tests.integration.test_ingest import CORPUS
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def graph(services: Settings) -> Iterator[tuple[neo4j.Driver, str]]:
-    domain = f"test-sampling-{uuid.uuid4().hex[:8]}"
-    with connect(services) as driver:
-        ensure_schema(driver)
-        Ingestor(driver, domain).run(CORPUS)
-        yield driver, domain
-        driver.execute_query("MATCH (n {domain: $d}) DETACH DELETE n", d=domain)
 
 
 def test_chains_are_valid_paths_with_evidence_for_every_hop(graph: tuple) -> None:

@@ -286,13 +286,12 @@ def evidence_search(
 ) -> None:
     """The chunks closest to TEXT, best first."""
     from kap.graphstore.embed import Embedder
-    from kap.graphstore.evidence import EvidenceIndex
-    from kap.graphstore.indexing import require_index_dir, search_evidence
+    from kap.graphstore.indexing import load_domain_index, require_index_dir, search_evidence
 
     settings = ctx.obj
-    directory = require_index_dir(settings.state_dir, domain)
+    require_index_dir(settings.state_dir, domain)  # before the model loads
     embedder = Embedder()
-    index = EvidenceIndex.load(directory, expect_model=embedder.name, expect_dim=embedder.dim)
+    index = load_domain_index(settings.state_dir, domain, embedder)
     with _driver(settings) as driver:
         hits = search_evidence(driver, index, embedder, text, k, database=settings.neo4j_database)
     if as_json:

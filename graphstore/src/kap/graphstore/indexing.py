@@ -61,6 +61,12 @@ def require_index_dir(state_dir: Path, domain: str) -> Path:
     return directory
 
 
+def load_domain_index(state_dir: Path, domain: str, embedder: Embedder) -> EvidenceIndex:
+    """The domain's saved index, checked to be of `embedder`'s model and dimension."""
+    directory = require_index_dir(state_dir, domain)
+    return EvidenceIndex.load(directory, expect_model=embedder.name, expect_dim=embedder.dim)
+
+
 def build_index(
     driver: neo4j.Driver, domain: str, embedder: Embedder, *, database: str = "neo4j"
 ) -> EvidenceIndex:

@@ -16,10 +16,11 @@ for evaluations) and `finish(status)` once at the end; only rank 0 records. Impl
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -89,6 +90,28 @@ class MemoryRecorder:
     def series(self, name: str) -> list[tuple[int, float]]:
         """(step, value) of one metric, in logging order."""
         return [(s, m[name]) for s, m in self.history if name in m]
+
+    def curves(self) -> dict[str, tuple[float, float]]:
+        """Each metric's first and last value, in logging order."""
+        out: dict[str, tuple[float, float]] = {}
+        for _, metrics in self.history:
+            for name, value in metrics.items():
+                out[name] = (out[name][0] if name in out else value, value)
+        return out
+
+
+@contextlib.contextmanager
+def finishing(recorder: RunRecorder) -> Iterator[RunRecorder]:
+    """Finish the recorder "succeeded", "failed" or "cancelled" (Ctrl-C) as the block ends."""
+    try:
+        yield recorder
+    except KeyboardInterrupt:
+        recorder.finish("cancelled")
+        raise
+    except BaseException:
+        recorder.finish("failed")
+        raise
+    recorder.finish("succeeded")
 
 
 class MultiRecorder:

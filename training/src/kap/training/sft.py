@@ -94,7 +94,7 @@ from kap.training.errors import TrainingError
 from kap.training.modeling import TinyModelSpec, load_model
 from kap.training.objectives import masked_token_ce
 from kap.training.packing import collate_packed, collate_padded, forward_packed, pack_samples
-from kap.training.runs import NullRecorder, RunRecorder
+from kap.training.runs import NullRecorder, RunRecorder, finishing
 from kap.training.tokenizer import corpus_texts, load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -573,16 +573,8 @@ def train_sft(
     """
     ctx = ctx or init_distributed(device=config.device)
     rec: RunRecorder = recorder if recorder is not None and ctx.is_main else NullRecorder()
-    try:
-        result = _train(config, conversations, rec, eval_conversations, resume=resume, ctx=ctx)
-    except KeyboardInterrupt:
-        rec.finish("cancelled")
-        raise
-    except BaseException:
-        rec.finish("failed")
-        raise
-    rec.finish("succeeded")
-    return result
+    with finishing(rec):
+        return _train(config, conversations, rec, eval_conversations, resume=resume, ctx=ctx)
 
 
 def _split(

@@ -26,10 +26,9 @@ domains implement the same `Environment` protocol and plug in at `env_factory`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -40,6 +39,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from kap.platform.db.models import TrainingStage
+from kap.training.chat import load_conversations_jsonl
 from kap.training.checkpoint import export_model
 from kap.training.config import ConfigError, config_from_mapping, config_to_dict
 from kap.training.datasets import Snapshot
@@ -63,7 +63,14 @@ from kap.training.grpo import (
 )
 from kap.training.modeling import load_model
 from kap.training.rollout import RolloutEngine, VLLMEngine
-from kap.training.runs import JsonlRecorder, MultiRecorder, PostgresRecorder, RunRecorder
+from kap.training.runs import (
+    JsonlRecorder,
+    MemoryRecorder,
+    MultiRecorder,
+    PostgresRecorder,
+    RunRecorder,
+    finishing,
+)
 from kap.training.sft import SFTConfig, SFTConfigError, load_sft_data, train_sft
 from kap.training.tokenizer import IM_END, load_tokenizer, special_token_ids
 
@@ -164,21 +171,6 @@ class StageResult:
     curves: dict[str, tuple[float, float]]  # metric -> (first value, last value)
 
 
-class CurveRecorder:
-    """Keeps each metric's first and last value (what the command prints at the end)."""
-
-    def __init__(self) -> None:
-        self.curves: dict[str, tuple[float, float]] = {}
-
-    def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        for name, value in metrics.items():
-            first = self.curves.get(name, (float(value), 0.0))[0]
-            self.curves[name] = (first, float(value))
-
-    def finish(self, status: str) -> None:
-        pass
-
-
 @dataclass
 class Recording:
     """Where a stage's metrics go; only rank 0 writes anything."""
@@ -190,8 +182,8 @@ class Recording:
     def recorder(
         self, ctx: DistContext, stage: TrainingStage, name: str, base_model: str,
         config: Mapping[str, Any], output_dir: str,
-    ) -> tuple[RunRecorder, CurveRecorder, str | None]:  # fmt: skip
-        curves = CurveRecorder()
+    ) -> tuple[RunRecorder, MemoryRecorder, str | None]:  # fmt: skip
+        curves = MemoryRecorder()  # what the command prints at the end
         if not ctx.is_main:
             return curves, curves, None
         parts: list[RunRecorder] = [curves, JsonlRecorder(Path(output_dir) / "metrics.jsonl",
@@ -207,20 +199,6 @@ class Recording:
             parts.append(pg)
             run_id = str(pg.run_id)
         return MultiRecorder(*parts), curves, run_id
-
-
-@contextlib.contextmanager
-def _finishing(recorder: RunRecorder) -> Iterator[RunRecorder]:
-    """Finish the recorder "succeeded", "failed" or "cancelled" (Ctrl-C) as the block ends."""
-    try:
-        yield recorder
-    except KeyboardInterrupt:
-        recorder.finish("cancelled")
-        raise
-    except BaseException:
-        recorder.finish("failed")
-        raise
-    recorder.finish("succeeded")
 
 
 def _publish_model(source: Path, output_dir: str) -> Path:
@@ -244,7 +222,7 @@ def run_sft(data: Mapping[str, Any], recording: Recording | None = None) -> Stag
     if recording.dataset is not None:
         conversations, held_out = recording.dataset.conversations, None
         if config.eval_data is not None:
-            held_out = load_sft_data(replace(config, data=config.eval_data))[0]
+            held_out = load_conversations_jsonl(config.eval_data)
     else:
         conversations, held_out = load_sft_data(config)
     ctx = init_distributed(device=config.device)
@@ -258,7 +236,7 @@ def run_sft(data: Mapping[str, Any], recording: Recording | None = None) -> Stag
     if ctx.is_main and result.model_dir is not None:
         model_dir = _publish_model(result.model_dir, config.output_dir)
     destroy_distributed()
-    return StageResult("sft", model_dir, run_id, curves.curves)
+    return StageResult("sft", model_dir, run_id, curves.curves())
 
 
 # ---- stage 2 ----
@@ -305,14 +283,14 @@ def run_teacher(data: Mapping[str, Any], recording: Recording | None = None) -> 
     recorder, curves, run_id = recording.recorder(
         ctx, TrainingStage.GRPO, run.name, run.model, values, run.output_dir
     )
-    with _finishing(recorder):
+    with finishing(recorder):
         report = run_toy_teacher(config, toy, model, tokenizer, engine=engine,
                                  metrics=recorder.log)  # fmt: skip
         recorder.log(0, {f"held_out/{k}": v for k, v in report.held_out_before.items()})
         recorder.log(config.steps, {f"held_out/{k}": v for k, v in report.held_out_after.items()})
         out = export_model(model, tokenizer, Path(run.output_dir) / "model", ctx)
     destroy_distributed()
-    return StageResult("teacher", out if ctx.is_main else None, run_id, curves.curves)
+    return StageResult("teacher", out if ctx.is_main else None, run_id, curves.curves())
 
 
 # ---- stage 3 ----
@@ -354,7 +332,7 @@ def run_distill(data: Mapping[str, Any], recording: Recording | None = None) -> 
     recorder, curves, run_id = recording.recorder(
         ctx, TrainingStage.DISTILL, run.name, run.model, values, run.output_dir
     )
-    with _finishing(recorder):
+    with finishing(recorder):
         # Its numbers go to the recorder (held_out/* at the first and the last step).
         train_distill(
             config, student, tokenizer, teachers, env_factory, tasks, held_out,
@@ -362,7 +340,7 @@ def run_distill(data: Mapping[str, Any], recording: Recording | None = None) -> 
         )  # fmt: skip
         out = export_model(student, tokenizer, Path(run.output_dir) / "model", ctx)
     destroy_distributed()
-    return StageResult("distill", out if ctx.is_main else None, run_id, curves.curves)
+    return StageResult("distill", out if ctx.is_main else None, run_id, curves.curves())
 
 
 RUNNERS = {"sft": run_sft, "teacher": run_teacher, "distill": run_distill}

@@ -25,8 +25,17 @@ from typing import Annotated, Any, Literal
 import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.dialects.postgresql import JSONB
 
-from kap.platform.db.models import Campaign, CampaignItem, ItemStatus, RunStatus, Task
+from kap.platform.db.models import (
+    Campaign,
+    CampaignItem,
+    ItemStatus,
+    RunStatus,
+    Task,
+    Trajectory,
+    Verdict,
+)
 from kap.platform.errors import ConfigError
 
 # ---- the config file ----
@@ -265,9 +274,8 @@ def reopen_campaign(engine: sa.Engine, campaign_id: uuid.UUID) -> int:
 
 
 def campaign_status(engine: sa.Engine, campaign_id: uuid.UUID) -> dict[str, Any]:
-    """Counts by item status, tasks accepted/rejected with reasons, trajectories, pass rate."""
-    from kap.platform.db.models import Trajectory, Verdict
-
+    """Counts by item status, tasks accepted/rejected with reasons, judged trajectories, and
+    the pass rate over their verdicts."""
     with engine.connect() as conn:
         head = conn.execute(
             sa.select(Campaign.name, Campaign.status).where(Campaign.id == campaign_id)
@@ -281,23 +289,35 @@ def campaign_status(engine: sa.Engine, campaign_id: uuid.UUID) -> dict[str, Any]
                 .group_by(CampaignItem.status)
             ).all()
         )
-        tasks = conn.execute(
-            sa.select(Task.accepted, Task.criteria).where(Task.campaign_id == campaign_id)
-        ).all()
-        verdicts = (
-            conn.execute(
-                sa.select(Verdict.correct)
-                .join(Trajectory, Trajectory.id == Verdict.trajectory_id)
-                .where(Trajectory.campaign_id == campaign_id)
-            )
-            .scalars()
-            .all()
+        # Aggregated in SQL: `status --wait` runs this every poll, whatever the campaign's size.
+        accepted, rejected = conn.execute(
+            sa.select(
+                sa.func.count().filter(Task.accepted), sa.func.count().filter(~Task.accepted)
+            ).where(Task.campaign_id == campaign_id)
+        ).one()
+        criterion = sa.func.jsonb_each(Task.criteria).table_valued(
+            sa.column("key", sa.Text), sa.column("value", JSONB)
         )
-    reasons: dict[str, int] = {}
-    for _, criteria in tasks:
-        for name, verdict in (criteria or {}).items():
-            if not verdict.get("passed", True):
-                reasons[name] = reasons.get(name, 0) + 1
+        reasons: dict[str, int] = dict(
+            conn.execute(
+                sa.select(criterion.c.key, sa.func.count())
+                .select_from(Task)
+                .join(criterion, sa.true())
+                .where(
+                    Task.campaign_id == campaign_id,
+                    criterion.c.value["passed"].as_boolean().is_(False),
+                )
+                .group_by(criterion.c.key)
+            ).all()
+        )
+        judged, pass_rate = conn.execute(
+            sa.select(
+                sa.func.count(sa.distinct(Verdict.trajectory_id)),
+                sa.func.coalesce(sa.func.avg(sa.cast(Verdict.correct, sa.Integer)), 0.0),
+            )
+            .join(Trajectory, Trajectory.id == Verdict.trajectory_id)
+            .where(Trajectory.campaign_id == campaign_id)
+        ).one()
     total = sum(items.values())
     finished = sum(
         items.get(s, 0)
@@ -310,9 +330,9 @@ def campaign_status(engine: sa.Engine, campaign_id: uuid.UUID) -> dict[str, Any]
         "items": {str(s): items.get(s, 0) for s in ItemStatus},
         "total": total,
         "finished": finished,
-        "tasks_accepted": sum(1 for accepted, _ in tasks if accepted),
-        "tasks_rejected": sum(1 for accepted, _ in tasks if not accepted),
+        "tasks_accepted": accepted,
+        "tasks_rejected": rejected,
         "rejection_reasons": reasons,
-        "trajectories": len(verdicts),
-        "pass_rate": sum(verdicts) / len(verdicts) if verdicts else 0.0,
+        "trajectories": judged,
+        "pass_rate": float(pass_rate),
     }

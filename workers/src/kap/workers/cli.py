@@ -118,8 +118,7 @@ def eval_qa(
     """Run the solver and verifier on QUESTIONS; print exact match, F1 and evidence recall."""
     from kap.graphstore.cli import _driver
     from kap.graphstore.embed import Embedder
-    from kap.graphstore.evidence import EvidenceIndex
-    from kap.graphstore.indexing import require_index_dir
+    from kap.graphstore.indexing import load_domain_index, require_index_dir
     from kap.workers.qa import evaluate, summarize
     from kap.workers.solver import SolverConfig
     from kap.workers.tools import Toolset
@@ -127,11 +126,11 @@ def eval_qa(
     settings = ctx.obj
     items = json.loads(questions.read_text())[:limit]
     judge = _judge(judge_endpoint, judge_model)
-    directory = require_index_dir(settings.state_dir, domain)  # before the models load
+    require_index_dir(settings.state_dir, domain)  # before the models load
     policy = _policy_factory(solver, k=k, endpoint=endpoint, model=model, device=device,
                              max_new_tokens=max_new_tokens)  # fmt: skip
     embedder = Embedder()
-    index = EvidenceIndex.load(directory, expect_model=embedder.name, expect_dim=embedder.dim)
+    index = load_domain_index(settings.state_dir, domain, embedder)
     db = settings.neo4j_database
     with _driver(settings) as driver, Progress(console=_err, transient=True) as bar:
         task = bar.add_task(f"solving {len(items)} questions", total=len(items))

@@ -143,24 +143,13 @@ def reverify(
     ] = "1",
 ) -> None:
     """Re-judge the campaign's stored trajectories (the solver does not run again)."""
-    from kap.graphstore.connection import connect
     from kap.workers.campaign import load_config
     from kap.workers.judging import judge_campaign
     from kap.workers.tasks import VERIFIER
 
-    settings, cid = ctx.obj, _id(campaign_id)
-    engine = _engine(settings)
+    engine, cid = _engine(ctx.obj), _id(campaign_id)
     config, _ = load_config(engine, cid)
-    with connect(settings) as driver:
-        summary = judge_campaign(
-            engine,
-            driver,
-            cid,
-            config,
-            verifier=VERIFIER,
-            version=version,
-            database=settings.neo4j_database,
-        )
+    summary = judge_campaign(engine, cid, config, verifier=VERIFIER, version=version)
     typer.echo(json.dumps(summary))
 
 

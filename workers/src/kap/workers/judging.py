@@ -147,17 +147,15 @@ def judge_trajectory(
 
 def judge_campaign(
     engine: sa.Engine,
-    driver: neo4j.Driver | None,
     campaign_id: uuid.UUID,
     config: CampaignConfig,
     *,
     verifier: str,
     version: str,
     judge: Judge | None = None,
-    database: str = "neo4j",
 ) -> dict[str, Any]:
-    """Re-judge every stored trajectory of a campaign (no action records: nothing new was done)."""
-    del driver, database  # the solver's actions were recorded when they happened
+    """Re-judge every stored trajectory of a campaign. No action records: the solver's actions
+    were recorded when they happened, and nothing new was done."""
     with engine.connect() as conn:
         ids = (
             conn.execute(sa.select(Trajectory.id).where(Trajectory.campaign_id == campaign_id))

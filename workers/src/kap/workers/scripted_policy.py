@@ -262,10 +262,15 @@ class ScriptedPolicy:
         return base_name(ep.bridges[-1]) if ep.bridges else "unknown"
 
 
+def named_titles(ep: _Episode) -> list[str]:
+    """The titles of search hits that the question names, in hit order."""
+    return [t for t in dict.fromkeys(t for _, t, _ in ep.hits if t) if mentions(t, ep.question)]
+
+
 def question_entities(ep: _Episode) -> list[str]:
     """Hit titles the question names and its capitalized phrases, the last named first (a
     multi-hop question usually starts its chain at its innermost, last-named entity)."""
-    titles = [t for t in dict.fromkeys(t for _, t, _ in ep.hits if t) if mentions(t, ep.question)]
+    titles = named_titles(ep)
     spans = [re.sub(r"'s?$", "", m.group()) for m in _CAPITALIZED.finditer(ep.question)]
     spans = [
         s for s in spans if ep.question.find(s) > 0 and not any(mentions(s, t) for t in titles)
@@ -285,7 +290,7 @@ _QUESTION_WORDS = frozenset({"which", "what", "who", "whom", "whose", "where", "
 def chain_start(ep: _Episode) -> list[str]:
     """The entity a chain question names: a search hit's title it mentions, else its first
     capitalized phrase that is neither a placeholder nor a question word."""
-    titles = [t for t in dict.fromkeys(t for _, t, _ in ep.hits if t) if mentions(t, ep.question)]
+    titles = named_titles(ep)
     if titles:
         return [min(titles, key=lambda t: fold(ep.question).find(fold(base_name(t))))]
     spans = [m.group() for m in _CAPITALIZED.finditer(ep.question)]

@@ -78,21 +78,24 @@ def driver() -> neo4j.Driver:
 
 
 @functools.cache
-def toolset(domain: str, k: int) -> Any:
+def embedder() -> Any:
     from kap.graphstore.embed import Embedder
-    from kap.graphstore.evidence import EvidenceIndex
-    from kap.graphstore.indexing import require_index_dir
+
+    return Embedder()  # one model per process, whatever the domains
+
+
+@functools.cache
+def toolset(domain: str, k: int) -> Any:
+    from kap.graphstore.indexing import load_domain_index
     from kap.workers.sandbox import BubblewrapSandbox
     from kap.workers.tools import Toolset
 
-    embedder = Embedder()
-    directory = require_index_dir(settings().state_dir, domain)
-    index = EvidenceIndex.load(directory, expect_model=embedder.name, expect_dim=embedder.dim)
+    index = load_domain_index(settings().state_dir, domain, embedder())
     return Toolset(
         driver(),
         domain,
         index=index,
-        embedder=embedder,
+        embedder=embedder(),
         sandbox=BubblewrapSandbox(),
         database=settings().neo4j_database,
         default_k=k,
@@ -100,14 +103,10 @@ def toolset(domain: str, k: int) -> Any:
 
 
 @functools.cache
-def _client(base_url: str, model: str) -> Any:
+def client(endpoint: Endpoint) -> Any:
     from kap.platform.llm import ChatClient, EndpointConfig
 
-    return ChatClient(EndpointConfig(base_url, model))
-
-
-def client(endpoint: Endpoint) -> Any:
-    return _client(endpoint.base_url, endpoint.model)
+    return ChatClient(EndpointConfig(endpoint.base_url, endpoint.model))
 
 
 def _config(campaign_id: str) -> tuple[CampaignConfig, bool]:

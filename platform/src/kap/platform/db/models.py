@@ -207,7 +207,8 @@ class CampaignItem(Base):
         UniqueConstraint("campaign_id", "position"),  # also the campaign_id index
         CheckConstraint("position >= 0", name="position_nonnegative"),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
-        Index(None, "status", "updated_at"),
+        # Every ledger query (claim, finish, status) filters one campaign's items by status.
+        Index(None, "campaign_id", "status", "updated_at"),
         Index(None, "task_id"),
     )
 
