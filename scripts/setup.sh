@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kap needs on a Debian machine, only what is missing: Debian packages
 # (PostgreSQL, redis-server, a Java 17 runtime, Maven, Python 3 with venv, bubblewrap for the
-# sandbox that runs model-written code) and uv.
+# sandbox that runs model-written code, Chromium and its driver for the explorer's browser test)
+# and uv.
 # Idempotent; run as root (or with everything already installed). Called by `make setup`.
 set -euo pipefail
 
@@ -21,6 +22,8 @@ command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v runuser >/dev/null || missing+=(util-linux)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
@@ -32,7 +35,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     || die "apt-get install ${missing[*]} failed"
   # Debian starts a system-wide Redis/PostgreSQL where an init system runs; kap runs its own.
 else
-  say "Debian packages present (postgresql, redis-server, java 17, maven, python3, bubblewrap)"
+  say "Debian packages present (postgresql, redis-server, java 17, maven, python3, bubblewrap, chromium)"
 fi
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
