@@ -9,12 +9,14 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.orm import Session
 
+from kap.platform.curation.conversations import messages_from_steps
 from kap.platform.db.models import (
     Campaign,
     Dataset,
@@ -28,9 +30,10 @@ from kap.platform.db.models import (
     Trajectory,
 )
 from kap.platform.db.session import make_engine
+from kap.platform.errors import CurationError
 from kap.platform.settings import Settings
 from kap.training.chat import render_conversation
-from kap.training.datasets import DatasetError, load_snapshot, messages_from_steps
+from kap.training.datasets import DatasetError, load_snapshot
 from kap.training.runs import PostgresRecorder
 from kap.training.tokenizer import corpus_texts, train_tokenizer
 
@@ -65,7 +68,13 @@ def steps_of(n: int) -> list[Step]:
 
 
 def make_dataset(
-    engine: sa.Engine, name: str, n: int, *, version: int = 1, frozen: bool = True
+    engine: sa.Engine,
+    name: str,
+    n: int,
+    *,
+    version: int = 1,
+    frozen: bool = True,
+    messages: list[dict[str, Any]] | None = None,
 ) -> uuid.UUID:
     """A campaign with `n` trajectories in two domains, and a dataset of them (reversed)."""
     with Session(engine) as session, session.begin():
@@ -82,16 +91,18 @@ def make_dataset(
             )
             trajectory = Trajectory(task=task, campaign=campaign, sample_index=0, model="scripted",
                                     tools=TOOLS, idempotency_key=f"s:{uuid.uuid4()}",
-                                    steps=steps_of(i))  # fmt: skip
+                                    steps=steps_of(i), messages=messages or [])  # fmt: skip
             trajectories.append(trajectory)
-        dataset = Dataset(name=name, version=version, sql="SELECT ...", row_count=n,
-                          frozen=frozen, content_hash=HASH if frozen else None)  # fmt: skip
+        dataset = Dataset(name=name, version=version, sql="SELECT ...", row_count=n)
         session.add_all([campaign, dataset])
         session.flush()
         for position, trajectory in enumerate(reversed(trajectories)):
             item = DatasetItem(dataset_id=dataset.id, position=position,
                                trajectory_id=trajectory.id, item_hash=f"h{position}")  # fmt: skip
             session.add(item)
+        session.flush()
+        # Frozen last: the database refuses items added to a frozen dataset.
+        dataset.frozen, dataset.content_hash = frozen, HASH if frozen else None
         return dataset.id
 
 
@@ -172,16 +183,14 @@ def test_unknown_and_unfrozen_datasets_are_refused(engine: sa.Engine) -> None:
 
 
 def test_stored_messages_are_used_as_they_are(engine: sa.Engine) -> None:
-    dataset_id = make_dataset(engine, "with-messages", 1)
     messages = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]
-    with Session(engine) as session, session.begin():
-        session.execute(sa.update(Trajectory).values(messages=messages))
+    dataset_id = make_dataset(engine, "with-messages", 1, messages=messages)
     (conversation,) = load_snapshot(engine, dataset_id).conversations
     assert conversation.messages == messages and conversation.tools == TOOLS
 
 
 def test_a_tool_row_without_a_call_is_named() -> None:
-    with pytest.raises(DatasetError, match="t=1: a tool result with no tool call"):
+    with pytest.raises(CurationError, match="t=1: a tool result with no tool call"):
         messages_from_steps([Step(t=0, role=Role.USER, content="hi"),
                              Step(t=1, role=Role.TOOL, observation="?")])  # fmt: skip
 

@@ -13,6 +13,7 @@ from kap.platform.errors import DatabaseError
 
 db_app = typer.Typer(help="Migrate and inspect the PostgreSQL schema.", no_args_is_help=True)
 console = Console(stderr=True)
+CURATOR_REVISION = "0006"  # the migration that creates the read-only role
 
 
 def _url(ctx: typer.Context) -> str:
@@ -42,7 +43,13 @@ def upgrade(
 
     with _reaching(_url(ctx)):
         migrate.upgrade(_url(ctx), revision, migrations_dir=ctx.obj.migrations_dir)
-        console.print(f"database at revision {migrate.current(_url(ctx))}")
+        at = migrate.current(_url(ctx))
+        console.print(f"database at revision {at}")
+        if at is not None and at >= CURATOR_REVISION:
+            from kap.platform.curation.access import provision_local_curator
+
+            if provision_local_curator(ctx.obj):
+                console.print("read-only role kap_curator: password set from the state dir")
 
 
 @db_app.command()

@@ -46,3 +46,11 @@ class TransientLLMError(LLMError):
 
 class SandboxError(KapError):
     """The sandbox for model-written code cannot be created; the code never runs unsandboxed."""
+
+
+class CurationError(KapError):
+    """A curation query was refused, or a dataset cannot be created, found, read or exported."""
+
+
+class QueryRefused(CurationError):
+    """User-written curation SQL was refused; the message says why (never ran, or was stopped)."""

@@ -19,6 +19,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kap.platform.errors import ConfigError
 
 LOOPBACK = "127.0.0.1"
+CURATOR_ROLE = "kap_curator"  # created by migration 0006
+CURATOR_SECRET = "postgres-curator"
+
+
+def curator_url_for(database_url: str, password: str) -> str:
+    """The URL of `database_url`'s database and server, logged in as the read-only role."""
+    from sqlalchemy import make_url  # lazy: settings are read by every command
+
+    url = make_url(database_url).set(username=CURATOR_ROLE, password=password)
+    return url.render_as_string(hide_password=False)
 
 
 class Settings(BaseSettings):
@@ -49,6 +59,13 @@ class Settings(BaseSettings):
     database_url: Annotated[
         str | None,
         Field(description="Existing PostgreSQL (SQLAlchemy URL); the local cluster when unset."),
+    ] = None
+    curator_url: Annotated[
+        str | None,
+        Field(
+            description="URL of the read-only role `kap_curator` for curation SQL and the UI; "
+            "on the local cluster derived from the state dir."
+        ),
     ] = None
     broker_url: Annotated[
         str | None, Field(description="Existing Redis broker for Celery; the local one when unset.")
@@ -152,6 +169,23 @@ class Settings(BaseSettings):
             return self.database_url
         password = self._secret("postgres")
         return f"postgresql+psycopg://kap:{password}@{LOOPBACK}:{self.postgres_port}/kap"
+
+    def resolved_curator_url(self) -> str:
+        """The read-only role's URL: curation SQL and the explorer connect with it."""
+        if self.curator_url is not None:
+            return self.curator_url
+        if self.database_url is not None:
+            raise ConfigError(
+                "KAP_DATABASE_URL names your own server: set KAP_CURATOR_URL to the read-only "
+                "role `kap_curator` there too (the migrations create it; give it a password)"
+            )
+        path = self.secret_path(CURATOR_SECRET)
+        if not path.exists():
+            raise ConfigError(
+                f"no password for the read-only role at {path}: run `kap db upgrade`, which "
+                "sets it on the local cluster"
+            )
+        return curator_url_for(self.resolved_database_url(), path.read_text().strip())
 
     def resolved_broker_url(self) -> str:
         if self.broker_url is not None:
