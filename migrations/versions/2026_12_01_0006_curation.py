@@ -1,5 +1,7 @@
 """curation: the read-only role kap_curator, the curation views, frozen datasets made immutable
 
+`datasets.idempotency_key` lets a redelivered Celery task find the dataset it already made.
+
 User-written curation SQL (`kap dataset query`, the explorer's editor) runs as the LOGIN role
 `kap_curator`, never as the owner: it may SELECT the self-play, curation and training tables
 and the views of schema `curation`, and nothing else. It creates nothing (PostgreSQL 15+ gives
@@ -24,6 +26,7 @@ Create Date: 2026-12-01 19:00:00
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
@@ -161,6 +164,10 @@ TRIGGERS = {
 
 
 def upgrade() -> None:
+    op.add_column("datasets", sa.Column("idempotency_key", sa.Text(), nullable=True))
+    op.create_unique_constraint(
+        op.f("uq_datasets_idempotency_key"), "datasets", ["idempotency_key"]
+    )
     op.execute(
         f"""
         DO $$
@@ -201,6 +208,8 @@ def downgrade() -> None:
         table = when.split(" ON ")[1].split()[0]
         op.execute(f"DROP TRIGGER {name} ON {table}")
     op.execute("DROP SCHEMA curation CASCADE")  # views, the guard function, their grants
+    op.drop_constraint(op.f("uq_datasets_idempotency_key"), "datasets", type_="unique")
+    op.drop_column("datasets", "idempotency_key")
     op.execute(
         """
         DO $$

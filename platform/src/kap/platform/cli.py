@@ -2,6 +2,7 @@
 
 kap services up | down | status [--json]
 kap db upgrade | downgrade REV | current | check
+kap dataset query | create | list | show | export | audit
 kap worker [--queues ingest,solve] [--concurrency N]
 kap version
 """
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from kap.platform import __version__
+from kap.platform.cli_dataset import dataset_app
 from kap.platform.cli_db import db_app
 from kap.platform.cli_services import services_app
 from kap.platform.errors import KapError, QueueError
@@ -35,6 +37,7 @@ app = typer.Typer(
 )
 app.add_typer(services_app, name="services")
 app.add_typer(db_app, name="db")
+app.add_typer(dataset_app, name="dataset")
 queue_app = typer.Typer(help="The Celery queue.", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 err = Console(stderr=True)

@@ -29,7 +29,9 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import errors as pg
 
-from kap.platform.errors import QueryRefused
+from kap.platform.errors import CurationError, QueryRefused
+
+__all__ = ["QueryRefused", "QueryResult", "run_query", "statement_of"]
 
 ALLOWED_FIRST = ("SELECT", "WITH", "VALUES", "TABLE")
 _COMMENTS = re.compile(r"\s+|--[^\n]*(?:\n|$)|/\*.*?\*/", re.DOTALL)
@@ -82,7 +84,15 @@ def run_query(
         raise ValueError(f"max_rows must be at least 1, got {max_rows}")
     statement = statement_of(sql)
     started = time.perf_counter()
-    raw = engine.raw_connection()
+    try:
+        raw = engine.raw_connection()
+    except sa.exc.OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise CurationError(
+            f"cannot connect as the read-only role at {where}: {reason} "
+            "(`kap db upgrade` creates it and sets its password on the local cluster)"
+        ) from None
     try:
         conn = raw.driver_connection
         assert isinstance(conn, psycopg.Connection)

@@ -365,6 +365,8 @@ class Dataset(Base):
     frozen: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[CreatedAt]
     frozen_at: Mapped[datetime | None]
+    # Set when a (redeliverable) Celery task creates it: a second delivery finds the first.
+    idempotency_key: Mapped[str | None]
 
     items: Mapped[list[DatasetItem]] = relationship(
         back_populates="dataset", passive_deletes=True, order_by="DatasetItem.position"
@@ -372,6 +374,7 @@ class Dataset(Base):
 
     __table_args__ = (
         UniqueConstraint("name", "version"),
+        UniqueConstraint("idempotency_key"),
         CheckConstraint("version >= 1", name="version_positive"),
         CheckConstraint("row_count >= 0", name="row_count_nonnegative"),
         CheckConstraint("NOT frozen OR content_hash IS NOT NULL", name="frozen_has_hash"),
