@@ -84,6 +84,19 @@ def migrated_database(empty_database: str) -> str:
     return empty_database
 
 
+@pytest.fixture
+def curator_url(kap_settings: Settings, migrated_database: str) -> str:
+    """The read-only role's URL for `migrated_database`, with the test cluster's password (the
+    role is cluster-wide: `kap db upgrade` on the test cluster sets the same one)."""
+    from kap.platform.curation.access import provision_curator
+    from kap.platform.services.process import ensure_secret
+    from kap.platform.settings import CURATOR_SECRET, curator_url_for
+
+    password = ensure_secret(kap_settings.secret_path(CURATOR_SECRET))
+    provision_curator(migrated_database, password)
+    return curator_url_for(migrated_database, password)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect `gpu` tests where CUDA is absent (reported in the summary, never a silent skip);
     run them with the device tool on a lent GPU."""

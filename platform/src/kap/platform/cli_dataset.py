@@ -158,17 +158,16 @@ def show(
     try:
         info = get_dataset(engine, name, version)
         with engine.connect() as conn:
-            domains: dict[str, int] = dict(
-                conn.execute(
-                    sa.text(
-                        "SELECT t.domain, count(*) FROM dataset_items i "
-                        "JOIN trajectories tr ON tr.id = i.trajectory_id "
-                        "JOIN tasks t ON t.id = tr.task_id WHERE i.dataset_id = :d "
-                        "GROUP BY t.domain ORDER BY t.domain"
-                    ),
-                    {"d": info.id},
-                ).tuples()
+            rows = conn.execute(
+                sa.text(
+                    "SELECT t.domain, count(*) FROM dataset_items i "
+                    "JOIN trajectories tr ON tr.id = i.trajectory_id "
+                    "JOIN tasks t ON t.id = tr.task_id WHERE i.dataset_id = :d "
+                    "GROUP BY t.domain ORDER BY t.domain"
+                ),
+                {"d": info.id},
             )
+            domains = dict(rows.tuples().all())
         changed = verify(engine, info) if check else None
     finally:
         engine.dispose()
