@@ -167,7 +167,7 @@ def show(
                 ),
                 {"d": info.id},
             )
-            domains = dict(rows.tuples().all())
+            domains: dict[str, int] = dict(rows.tuples().all())
         changed = verify(engine, info) if check else None
     finally:
         engine.dispose()
