@@ -66,16 +66,50 @@ kill "$worker_pid"; wait "$worker_pid" 2>/dev/null || true
 trap - EXIT
 echo "worker stopped (its log: $worker_log)"
 
-stage 7 "training: SFT -> two GRPO domain teachers -> multi-teacher distillation (tiny, CPU)"
-# Curated datasets come with the curation stage; until then SFT reads tool-using conversations
-# built from the MuSiQue paragraphs. Each stage leaves <output_dir>/model for the next one; the
-# runs and their curves go to PostgreSQL (training_runs, run_metrics). About five minutes.
+stage 7 "curation: SQL over the trajectories, a frozen dataset, export, audit, provenance"
 runs="$home/runs"
 rm -rf "$runs"  # a fresh chain every time (SFT would otherwise resume its finished run)
 mkdir -p "$runs"
+curated=""
+if [ -f "$musique" ]; then
+  # Queries run as the read-only role kap_curator (docs/curation.md has the cookbook).
+  kap dataset query "SELECT domain, count(*) AS trajectories,
+      round(avg(correct::int), 3) AS pass_rate, round(avg(n_turns), 1) AS mean_turns
+    FROM curation.trajectory_summary GROUP BY domain"
+  # One correct trajectory per task, the shortest; each run of the demo adds a version.
+  version="$(kap dataset create demo-correct --json --sql "SELECT DISTINCT ON (task_id)
+      trajectory_id FROM curation.trajectory_summary WHERE correct
+      ORDER BY task_id, n_tokens, trajectory_id" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')"
+  curated="demo-correct@$version"
+  kap dataset show "$curated" --verify
+  kap dataset export "$curated" --format jsonl "$runs/demo-correct.jsonl"
+  kap dataset export "$curated" --format parquet "$runs/demo-correct.parquet"
+  # The proposer wrote its questions from the MuSiQue corpus; are MuSiQue's own questions in
+  # the conversations? (Retrieved passages are left out: they quote the corpus by design.)
+  kap dataset audit "$curated" --against ../shared/data/musique/questions.json
+  kap trace "$curated#0" >"$runs/trace.txt"  # (through a file: `| head` would SIGPIPE kap)
+  head -n 40 "$runs/trace.txt"
+fi
+
+stage 8 "training: SFT -> two GRPO domain teachers -> multi-teacher distillation (tiny, CPU)"
+# SFT reads tool-using conversations built from the MuSiQue paragraphs (a few hundred; the
+# demo campaign's dataset is too small to teach a random model), then a short SFT on the
+# frozen dataset shows a run recording its content hash. Each stage leaves <output_dir>/model
+# for the next one; the runs and their curves go to PostgreSQL (training_runs, run_metrics).
+# About five minutes.
 uv run --frozen python -m kap.training.demo_data "$runs/conversations.jsonl" 240 >/dev/null
 logged "$runs/sft.log" kap train sft --config configs/train/sft-tiny.yaml \
   --set data="$runs/conversations.jsonl" --set output_dir="$runs/sft-tiny"
+if [ -n "$curated" ]; then
+  logged "$runs/sft-curated.log" kap train sft --config configs/train/sft-tiny.yaml \
+    --dataset "$curated" --set eval_fraction=0 --set eval_every=0 --set batch_size=4 \
+    --set output_dir="$runs/sft-curated"
+  kap dataset query "SELECT r.name, d.name || '@' || d.version AS dataset, r.dataset_hash,
+      r.dataset_hash = d.content_hash AS hash_matches
+    FROM training_runs r JOIN datasets d ON d.id = r.dataset_id
+    ORDER BY r.created_at DESC LIMIT 1"
+fi
 for domain in calculator mental; do
   calculator=$([ "$domain" = calculator ] && echo true || echo false)
   logged "$runs/teacher-$domain.log" kap train teacher --config configs/train/teacher-tiny.yaml \
@@ -89,11 +123,29 @@ logged "$runs/distill.log" kap train distill --config configs/train/distill-tiny
   --set run.output_dir="$runs/distill-tiny"
 echo "models, metrics.jsonl and logs of each stage: $runs"
 
-stage 8 "where everything is"
+stage 9 "the explorer: graph regions, trajectories, campaigns, curation, training"
+# Served in the background (read-only role) until `kap services down` or the next demo.
+ui_port="${KAP_UI_PORT:-8501}"
+ui_pid_file="$home/ui.pid"
+if [ -f "$ui_pid_file" ]; then kill "$(cat "$ui_pid_file")" 2>/dev/null || true; fi
+nohup .venv/bin/kap ui --port "$ui_port" >"$home/logs/ui.log" 2>&1 &
+echo $! >"$ui_pid_file"
+ui_health() {
+  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+    "http://127.0.0.1:$ui_port/_stcore/health" 2>/dev/null
+}
+for _ in $(seq 60); do ui_health && break; sleep 1; done
+ui_health || { tail -n 20 "$home/logs/ui.log" >&2; echo "error: the explorer did not start" >&2; exit 1; }
+
+stage 10 "where everything is"
 kap services status
 cat <<MSG
 
 State, data, logs and generated passwords live in $home (KAP_HOME moves it).
 Connection facts for scripts:  uv run kap services status --json
-Stop everything:               uv run kap services down
+Stop everything:               uv run kap services down; kill \$(cat $ui_pid_file)
+
+The explorer is running: open http://127.0.0.1:$ui_port in a browser (on a remote machine,
+first: ssh -L $ui_port:127.0.0.1:$ui_port THAT-MACHINE). Start it again any time with
+  uv run kap ui --port $ui_port
 MSG
