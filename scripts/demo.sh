@@ -148,4 +148,6 @@ Stop everything:               uv run kap services down; kill \$(cat $ui_pid_fil
 The explorer is running: open http://127.0.0.1:$ui_port in a browser (on a remote machine,
 first: ssh -L $ui_port:127.0.0.1:$ui_port THAT-MACHINE). Start it again any time with
   uv run kap ui --port $ui_port
+Launching campaigns and saving datasets from it go through Celery: keep a worker running
+(uv run kap worker) for those.
 MSG
