@@ -27,9 +27,10 @@ from typing import Any
 import neo4j
 import sqlalchemy as sa
 from celery import chain, chord
+from pydantic import ValidationError
 
 from kap.platform.db.models import CampaignItem, ItemStatus, RunStatus, Task, Trajectory
-from kap.platform.errors import TransientLLMError, TransientStoreError
+from kap.platform.errors import ConfigError, TransientLLMError, TransientStoreError
 from kap.platform.queue import app
 from kap.platform.settings import Settings
 from kap.workers import campaign as ledger
@@ -374,3 +375,33 @@ def enqueue_due(engine_: sa.Engine, campaign_id: uuid.UUID) -> list[int]:
     for position in positions:
         item_chain(str(campaign_id), position, config.samples_per_task).apply_async()
     return positions
+
+
+# ---- campaigns launched and cancelled from the explorer ----
+
+
+# Not idempotent (each call is a new campaign), so acknowledged on receipt, not after: a worker
+# lost mid-launch loses the launch (the explorer reports no answer) rather than making two.
+@app.task(name="kap.workers.launch_campaign", acks_late=False)  # type: ignore[untyped-decorator]
+def launch_campaign_task(config: dict[str, Any]) -> str:
+    """`kap campaign run CONFIG` without --wait, for the explorer (which holds no write role):
+    validate the config, write the campaign and its ledger, enqueue every item; its id."""
+    try:
+        parsed = CampaignConfig.model_validate(config)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConfigError(f"campaign config: {where}: {first['msg']}") from None
+    campaign_id = ledger.create_campaign(engine(), parsed)
+    enqueue_due(engine(), campaign_id)
+    return str(campaign_id)
+
+
+@app.task(name="kap.workers.cancel_campaign", acks_late=True)  # type: ignore[untyped-decorator]
+def cancel_campaign_task(campaign_id: str) -> int:
+    """`kap campaign cancel ID` for the explorer: how many open items were cancelled."""
+    try:
+        cid = uuid.UUID(campaign_id)
+    except ValueError:
+        raise ConfigError(f"{campaign_id!r} is not a campaign id (a UUID)") from None
+    return ledger.cancel_campaign(engine(), cid)
