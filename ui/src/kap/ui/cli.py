@@ -22,7 +22,8 @@ def command(app: Path, port: int, address: str) -> list[str]:
     """The streamlit command line that serves `app`."""
     return [sys.executable, "-m", "streamlit", "run", str(app),
             "--server.port", str(port), "--server.address", address,
-            "--server.headless", "true", "--browser.gatherUsageStats", "false"]  # fmt: skip
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "viewer"]  # fmt: skip
 
 
 def ui(

@@ -56,7 +56,8 @@ def chart(
     """The interactive chart: click a node to select it; drag to pan, scroll to zoom."""
     node_rows, edge_rows = chart_data(region, focus)
     axis = alt.Axis(title=None, labels=False, ticks=False, grid=False, domain=False)
-    x, y = alt.X("x:Q", axis=axis), alt.Y("y:Q", axis=axis)
+    x = alt.X("x:Q", axis=axis, scale=_padded([n["x"] for n in node_rows]))
+    y = alt.Y("y:Q", axis=axis, scale=_padded([n["y"] for n in node_rows]))
     pick = alt.selection_point(name=SELECTION, fields=["id"], on="click", empty=False)
     edges = (
         alt.Chart(alt.InlineData(values=edge_rows))
@@ -84,6 +85,13 @@ def chart(
     )
     # The scale-bound interval (zoom, pan) sits on the first layer and drives the shared axes.
     return alt.layer(edges.interactive(), nodes, labels, height=height)
+
+
+def _padded(values: list[float], margin: float = 0.2) -> alt.Scale:
+    """A scale whose domain leaves room around the outermost nodes and their labels."""
+    lo, hi = (min(values), max(values)) if values else (-1.0, 1.0)
+    pad = max(hi - lo, 0.2) * margin
+    return alt.Scale(domain=[lo - pad, hi + pad], nice=False, zero=False)
 
 
 def selected(event: Any) -> str | None:

@@ -76,7 +76,7 @@ if center is None:
 # ---- the neighbourhood ----
 
 k_col, cap_col = st.columns(2)
-hops = k_col.slider("Hops (k)", 1, 3, value=1)
+hops = k_col.slider("Hops (k)", 1, 3, value=2)
 cap = cap_col.slider("Node cap", 10, 300, value=80, step=10)
 region = graph_data.neighbourhood(graph, center["id"], hops, cap)
 st.caption(f"{len(region['nodes'])} entities and {len(region['edges'])} facts within {hops} "
