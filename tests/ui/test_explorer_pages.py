@@ -160,6 +160,9 @@ def test_trajectories_lists_the_campaign_and_opens_one_with_its_steps(
     steps = [m.value for m in at.markdown if m.value.startswith("**t=")]
     assert len(steps) == min(one.n_turns, 25) and steps[0].startswith("**t=0**")
     assert "Verdict" in texts(at) and at.code  # verdict components, tool-call arguments
+    next(t for t in at.toggle if t.label == "Trace").set_value(True)
+    rerun(at)
+    assert re.search(rf"{one.n_turns} steps · [1-9]\d* chunks read", texts(at)), texts(at)
 
 
 def test_a_45k_token_trajectory_opens_one_page_of_steps_at_a_time(
@@ -249,6 +252,23 @@ def test_curation_previews_a_query_and_shows_a_refusal(
     preview = frames(at)[0]
     assert len(preview) == campaign["trajectories"]
     assert f"{campaign['trajectories']} rows" in texts(at)
+    # freeze it: the worker runs kap.curation.create_dataset
+    name = f"ui-{uuid.uuid4().hex[:6]}"
+    next(t for t in at.text_input if t.label == "Dataset name").input(name)
+    rerun(at)
+    next(b for b in at.button if b.label == "Freeze as dataset").click()
+    rerun(at)
+    frozen = re.search(rf"Dataset {name} v1: (\d+) rows, hash ([0-9a-f]+)", texts(at))
+    assert frozen and int(frozen.group(1)) == campaign["trajectories"], texts(at)
+    stored = scalar(owner_engine, "SELECT content_hash FROM datasets WHERE name = :n", n=name)
+    assert stored.startswith(frozen.group(2))
+    at = open_page("curation")
+    assert name in set(frames(at)[0]["name"])  # listed, with an export button
+    assert len(at.get("download_button")) == 1
+    # provenance of its first item: the trajectory, the chunks it read, the graph behind them
+    next(t for t in at.text_input if t.label == "Trace an item").input(f"{name}@1#0")
+    rerun(at)
+    assert re.search(r"\d+ steps · [1-9]\d* chunks read", texts(at)), texts(at)
     at.text_area(key="sql").input("DROP TABLE tasks")
     next(b for b in at.button if b.label == "Run").click()
     rerun(at)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from kap.platform.curation.datasets import FORMATS, export_bytes, list_datasets
+from kap.platform.curation.datasets import FORMATS, DatasetInfo, export_bytes, list_datasets
 from kap.platform.curation.query import run_query
-from kap.platform.errors import QueryRefused
-from kap.ui import actions, stores
+from kap.platform.errors import CurationError, QueryRefused
+from kap.ui import actions, provenance_view, stores
 
 st.title("Curation")
 WAIT_S = 60.0
@@ -55,27 +55,47 @@ if (preview := st.session_state.get("preview")) and preview[0] == sql:
         else:
             st.error(outcome.message(WAIT_S))
 
-# ---- datasets ----
+# ---- datasets: list, export, trace ----
 
-st.header("Datasets")
-datasets = list_datasets(engine)
-if not datasets:
-    st.caption("No dataset yet.")
-    st.stop()
-st.dataframe([{"name": d.name, "version": d.version, "rows": d.row_count,
-               "hash": d.content_hash, "frozen": d.frozen, "frozen_at": d.frozen_at,
-               "created_at": d.created_at} for d in datasets], hide_index=True)  # fmt: skip
-labels = {(d.name, d.version): f"{d.name} v{d.version} ({d.row_count} rows)" for d in datasets}
-key_col, fmt_col = st.columns([3, 1])
-chosen = key_col.selectbox("Dataset", list(labels), format_func=labels.__getitem__)
-fmt = fmt_col.radio("Format", FORMATS, horizontal=True)
-if chosen:
-    ds_name, version = chosen
+
+def show_datasets(datasets: list[DatasetInfo]) -> None:
+    st.dataframe([{"name": d.name, "version": d.version, "rows": d.row_count,
+                   "hash": d.content_hash, "frozen": d.frozen, "frozen_at": d.frozen_at,
+                   "created_at": d.created_at} for d in datasets], hide_index=True)  # fmt: skip
+    labels = {(d.name, d.version): f"{d.name} v{d.version} ({d.row_count} rows)"
+              for d in datasets}  # fmt: skip
+    key_col, fmt_col = st.columns([3, 1])
+    chosen = key_col.selectbox("Dataset", list(labels), format_func=labels.__getitem__)
+    fmt = fmt_col.radio("Format", FORMATS, horizontal=True)
+    if chosen is None or fmt is None:
+        return
+    name, version = chosen
     st.download_button(
-        f"Export {ds_name} v{version} as {fmt}",
-        data=lambda: export_bytes(engine, ds_name, version, fmt),
-        file_name=f"{ds_name}-v{version}.{fmt}",
+        f"Export {name} v{version} as {fmt}",
+        data=lambda: export_bytes(engine, name, version, fmt),  # built when clicked
+        file_name=f"{name}-v{version}.{fmt}",
         mime="application/jsonl" if fmt == "jsonl" else "application/vnd.apache.parquet",
     )
-    definition = next(d.sql for d in datasets if (d.name, d.version) == chosen)
-    st.code(definition, language="sql")
+    st.code(next(d.sql for d in datasets if (d.name, d.version) == chosen), language="sql")
+
+
+def show_trace() -> None:
+    """A dataset item (or trajectory) followed to its trajectory, evidence and graph nodes."""
+    ref = st.text_input("Trace an item", placeholder="NAME@VERSION#POSITION or a trajectory id")
+    if not ref.strip():
+        return
+    try:
+        found = provenance_view.follow(ref.strip())
+    except CurationError as exc:
+        st.error(str(exc))
+        return
+    provenance_view.show(found, link_trajectory=True)
+
+
+st.header("Datasets")
+if datasets := list_datasets(engine):
+    show_datasets(datasets)
+else:
+    st.caption("No dataset yet.")
+st.subheader("Provenance")
+show_trace()

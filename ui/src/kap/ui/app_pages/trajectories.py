@@ -6,12 +6,11 @@ drawn, so a trajectory of hundreds of steps opens as fast as a short one.
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import streamlit as st
 
-from kap.ui import links, stores
+from kap.ui import links, provenance_view, stores
 from kap.ui import trajectory_data as data
 from kap.ui.queries import Row
 
@@ -84,24 +83,10 @@ if read_ids:
             links.to_chunk(cid)
 
 
-def show_provenance() -> None:
-    try:  # kap.graphstore.provenance is newer than some installations
-        provenance = importlib.import_module("kap.graphstore.provenance")
-    except ImportError:
-        st.caption("Provenance tracing is not installed in this version.")
-        return
-    found = provenance.trace(stores.engine(), stores.driver(), trajectory_id)
-    st.caption(f"{len(found.steps)} steps · {len(found.chunks)} evidence chunks · "
-               f"{len(found.entities)} graph entities")  # fmt: skip
-    for chunk in found.chunks[:30]:
-        links.to_chunk(str(chunk["id"]), f"{chunk.get('doc') or 'chunk'} · {chunk['id'][:12]}")
-    for ent in found.entities[:30]:
-        links.to_entity(str(ent["id"]), f"{ent['name']} ({ent.get('domain', '')})")
-
-
 with st.expander("Provenance: steps → evidence chunks → graph entities"):
+    # Off until asked: a trace reads every step and goes to Neo4j.
     if st.toggle("Trace", key=f"trace-{trajectory_id}"):
-        show_provenance()
+        provenance_view.show(provenance_view.follow(trajectory_id))
 
 # ---- the step timeline, one page at a time ----
 
