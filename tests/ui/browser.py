@@ -104,6 +104,14 @@ class Browser:
             time.sleep(0.5)
         raise AssertionError(f"the page never showed {text!r}; it showed:\n{shown[:2000]}")
 
+    def click(self, selector: str, index: int = 0) -> None:
+        """Click the `index`-th element that matches the CSS `selector`, as a user would."""
+        found = self._call("POST", self._s("/elements"), {"using": "css selector",
+                                                          "value": selector})  # fmt: skip
+        assert len(found) > index, f"no element {index} matches {selector!r}"
+        element = next(iter(found[index].values()))
+        self._call("POST", self._s(f"/element/{element}/click"), {})
+
     def count(self, selector: str) -> int:
         return int(self.script(f"return document.querySelectorAll({json.dumps(selector)}).length"))
 

@@ -1,7 +1,7 @@
 """Stores filled by a real small campaign, for the explorer's tests (one set per session).
 
 A 400-paragraph MuSiQue slice is ingested into a private domain with its evidence index; a
-fresh migrated database gets a scripted-policy campaign (6 tasks x 2 samples) run by a real
+fresh migrated database gets a scripted-policy campaign (12 tasks x 2 samples) run by a real
 `kap worker`, a training run with metrics, and one long trajectory (300 steps, ~45K tokens).
 The app reads them through the read-only role, as it does in production; the worker keeps
 running for the tests that send it tasks (launch, cancel).
@@ -129,8 +129,9 @@ def kap_json(env: dict[str, str], *args: str, timeout: float = 600) -> dict[str,
 def campaign(
     corpus: str, worker: Path, ui_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    """A finished scripted campaign: 6 tasks x 2 samples over the corpus."""
-    config = {"name": "ui-explorer", "domain": corpus, "tasks": 6, "hops": 2,
+    """A finished scripted campaign: 12 tasks x 2 samples over the corpus (about a third of
+    the proposals pass the five criteria, so some tasks are accepted whatever the order)."""
+    config = {"name": "ui-explorer", "domain": corpus, "tasks": 12, "hops": 2,
               "samples_per_task": 2, "turn_budget": 20, "seed": 1}  # fmt: skip
     path = tmp_path_factory.mktemp("campaign") / "campaign.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -10,6 +10,7 @@ run scripts/setup.sh.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -94,6 +95,16 @@ def test_the_graph_page_renders_an_entity_region_in_chromium(
     shot = browser.screenshot(tmp_path / "explorer-graph.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     keep(shot)
+    # a click on another node selects it: the panels below follow it
+    nodes = ".vega-embed g.mark-symbol path"
+    labels = browser.script(
+        f"return [...document.querySelectorAll({nodes!r})].map(p => p.getAttribute('aria-label'))"
+    )
+    other = next(i for i, label in enumerate(labels) if label and "role: focus" not in label)
+    name = re.search(r"name: (.*?); id:", labels[other]).group(1)  # type: ignore[union-attr]
+    browser.click(nodes, other)
+    check_rendered(browser, f"Centre the graph on {name}")
+    keep(browser.screenshot(tmp_path / "explorer-graph-selected.png"))
 
 
 def test_the_trajectories_page_renders_a_trajectory_in_chromium(

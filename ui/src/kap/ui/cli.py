@@ -1,6 +1,6 @@
 """`kap ui`: run the Streamlit explorer (added to `kap` through the `kap.cli` entry points).
 
-kap ui [--port 8501] [--address 127.0.0.1]
+kap ui [--port 8501] [--address 127.0.0.1]   (or KAP_UI_ADDRESS / STREAMLIT_SERVER_ADDRESS)
 
 Prints the URL, then replaces itself with `python -m streamlit run` on the explorer's frame;
 the environment (the `KAP_*` settings) passes through unchanged.
@@ -29,7 +29,12 @@ def command(app: Path, port: int, address: str) -> list[str]:
 def ui(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8501,
     address: Annotated[
-        str, typer.Option(help="Address to bind; 0.0.0.0 serves every interface.")
+        str,
+        typer.Option(
+            # The UI image sets STREAMLIT_SERVER_ADDRESS=0.0.0.0; an explicit flag would hide it.
+            envvar=["KAP_UI_ADDRESS", "STREAMLIT_SERVER_ADDRESS"],
+            help="Address to bind; 0.0.0.0 serves every interface.",
+        ),
     ] = "127.0.0.1",
 ) -> None:
     """Serve the explorer: campaigns, graph regions, trajectories, curation, training."""
