@@ -209,6 +209,9 @@ def test_campaigns_lists_launches_and_cancels(
     assert scalar(owner_engine, "SELECT name FROM campaigns WHERE id = :c", c=campaign_id) == (
         "ui-launched"
     )
+    # open, so the Overview shows it in progress (no item can finish: 0 of 3)
+    progress = [p.text for p in open_page("overview").get("progress")]
+    assert any("**ui-launched** (running) · 0/3 items" in text for text in progress), progress
     at = open_page("campaigns")
     picker = next(s for s in at.selectbox if s.label == "Campaign")
     picker.set_value(campaign_id)
