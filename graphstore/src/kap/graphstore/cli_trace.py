@@ -7,9 +7,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.tree import Tree
 
-out = Console(soft_wrap=True)
+# No markup: predicates, kinds and chunk text hold brackets that must print as they are.
+out = Console(soft_wrap=True, markup=False)
 
 
 def _short(text: Any, limit: int = 120) -> str:
@@ -41,7 +43,7 @@ def trace(
         typer.echo(json.dumps(found.as_dict(), default=str, ensure_ascii=False, indent=2))
         return
     task, tr, verdict = found.task, found.trajectory, found.verdict
-    root = Tree(f"[bold]{item}[/bold]")
+    root = Tree(Text(item, style="bold"))
     if found.dataset_item:
         d = found.dataset_item
         root.add(f"dataset item {d['name']}@{d['version']} #{d['position']} "

@@ -32,7 +32,8 @@ dataset_app = typer.Typer(
     help="Curate trajectories with SQL into frozen datasets.", no_args_is_help=True
 )
 console = Console(stderr=True)
-out = Console(soft_wrap=True)
+# No markup: cells hold user data (JSON, SQL) whose brackets must print as they are.
+out = Console(soft_wrap=True, markup=False)
 CELL = 80  # characters of one cell in a table (JSON output is never cut)
 
 
@@ -179,7 +180,7 @@ def show(
         _dump(facts)
     else:
         for key, value in facts.items():
-            out.print(f"[bold]{key}[/bold]: {value}")
+            out.print(f"{key}: {value}")
     if changed:
         raise typer.Exit(1)
 
