@@ -6,7 +6,8 @@ credentials (the explorer, which connects as the read-only role).
 Redelivery is safe: the dataset's idempotency key is the Celery task id, which a redelivered
 message keeps, so the second delivery returns the first one's dataset instead of a new version.
 A refused query or an empty selection fails the task with its reason (no retry: it would fail
-the same way).
+the same way). Its time limit is the worker's `KAP_TASK_TIME_LIMIT`, which the queue checks
+against the broker's visibility timeout; the selection itself stops after 300 s.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _engines() -> tuple[sa.Engine, sa.Engine]:
     return make_engine(settings.resolved_database_url(), pool_size=2), curator_engine(settings)
 
 
-@app.task(name="kap.curation.create_dataset", bind=True, acks_late=True, time_limit=900)  # type: ignore[untyped-decorator]
+@app.task(name="kap.curation.create_dataset", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def create_dataset_task(self: Any, name: str, sql: str) -> dict[str, Any]:
     """Freeze what `sql` selects as the next version of `name`; returns the dataset's facts."""
     from kap.platform.curation.datasets import create_dataset
