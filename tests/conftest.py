@@ -86,15 +86,10 @@ def migrated_database(empty_database: str) -> str:
 
 @pytest.fixture
 def curator_url(kap_settings: Settings, migrated_database: str) -> str:
-    """The read-only role's URL for `migrated_database`, with the test cluster's password (the
-    role is cluster-wide: `kap db upgrade` on the test cluster sets the same one)."""
-    from kap.platform.curation.access import provision_curator
-    from kap.platform.services.process import ensure_secret
-    from kap.platform.settings import CURATOR_SECRET, curator_url_for
+    """The read-only role's URL for `migrated_database`."""
+    from tests.support.stores import curator_url
 
-    password = ensure_secret(kap_settings.secret_path(CURATOR_SECRET))
-    provision_curator(migrated_database, password)
-    return curator_url_for(migrated_database, password)
+    return curator_url(kap_settings, migrated_database)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,35 +22,19 @@ import sqlalchemy as sa
 import yaml
 
 from kap.graphstore.connection import connect
-from kap.graphstore.embed import Embedder
-from kap.graphstore.indexing import build_index, index_dir
-from kap.graphstore.ingest import Ingestor
-from kap.graphstore.loaders import load_file
-from kap.graphstore.schema import ensure_schema
-from kap.platform.services.process import terminate
 from kap.platform.settings import Settings
+from tests.support.stores import KAP, musique_domain, start_worker, stop_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-KAP = str(Path(sys.executable).parent / "kap")
-MUSIQUE = ROOT.parent / "shared" / "data" / "musique" / "corpus.json"
 QUEUES = "propose,solve,verify"
 
 
 @pytest.fixture(scope="module")
 def corpus(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """400 MuSiQue paragraphs in a private domain, indexed where the workers look."""
-    domain = f"test-campaign-{uuid.uuid4().hex[:8]}"
-    path = tmp_path_factory.mktemp("corpus") / "corpus.json"
-    path.write_text(json.dumps(json.loads(MUSIQUE.read_text())[:400]))
-    with connect(services) as driver:
-        ensure_schema(driver)
-        Ingestor(driver, domain).run(load_file(path))
-        build_index(driver, domain, Embedder()).save(index_dir(services.state_dir, domain))
+    with musique_domain(services, tmp_path_factory.mktemp("corpus"), "test-campaign") as domain:
         yield domain
-        driver.execute_query("MATCH (n {domain: $d}) DETACH DELETE n", d=domain)
-    shutil.rmtree(index_dir(services.state_dir, domain), ignore_errors=True)
 
 
 @pytest.fixture
@@ -76,18 +57,14 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, concurrency: int = 1) -> subprocess.Popen[bytes]:
-        with (self.log_dir / f"worker-{len(self.procs)}.log").open("wb") as log:
-            proc = subprocess.Popen([KAP, "worker", "--queues", QUEUES, "--concurrency",
-                                     str(concurrency)], env=self.env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        log = self.log_dir / f"worker-{len(self.procs)}.log"
+        proc = start_worker(self.env, log, QUEUES, concurrency)
         self.procs.append(proc)
         return proc
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                terminate(proc.pid, timeout=60, log=self.log_dir)
-            proc.wait()
+            stop_worker(proc, self.log_dir)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,10 +22,9 @@ import sqlalchemy as sa
 import yaml
 
 from kap.platform.settings import Settings
+from tests.support.stores import KAP, curator_url, musique_domain, start_worker, stop_worker
 
 ROOT = Path(__file__).resolve().parents[2]
-KAP = str(Path(sys.executable).parent / "kap")
-MUSIQUE = ROOT.parent / "shared" / "data" / "musique" / "corpus.json"
 APP = ROOT / "ui" / "src" / "kap" / "ui" / "streamlit_app.py"
 LONG_STEPS, LONG_TOKENS = 300, 45_000
 
@@ -34,16 +32,12 @@ LONG_STEPS, LONG_TOKENS = 300, 45_000
 @pytest.fixture(scope="session")
 def ui_database(database_url: str, services: Settings) -> Iterator[dict[str, str]]:
     """A fresh database at the migrations' head: its owner URL and its read-only role's URL."""
-    from kap.platform.curation.access import provision_local_curator
     from kap.platform.db import migrate
     from kap.platform.db.scratch import scratch_database
-    from kap.platform.settings import CURATOR_SECRET, curator_url_for
 
     with scratch_database(database_url, prefix="kap_ui") as url:
         migrate.upgrade(url)
-        provision_local_curator(services)  # the role is the cluster's: one password for all
-        password = services.secret_path(CURATOR_SECRET).read_text().strip()
-        yield {"owner": url, "curator": curator_url_for(url, password)}
+        yield {"owner": url, "curator": curator_url(services, url)}
 
 
 @pytest.fixture(scope="session")
@@ -80,41 +74,17 @@ def app_env(ui_env: dict[str, str]) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="session")
 def corpus(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """400 MuSiQue paragraphs in a private domain, indexed where the workers look."""
-    import shutil
-
-    from kap.graphstore.connection import connect
-    from kap.graphstore.embed import Embedder
-    from kap.graphstore.indexing import build_index, index_dir
-    from kap.graphstore.ingest import Ingestor
-    from kap.graphstore.loaders import load_file
-    from kap.graphstore.schema import ensure_schema
-
-    domain = f"test-ui-{uuid.uuid4().hex[:8]}"
-    path = tmp_path_factory.mktemp("corpus") / "corpus.json"
-    path.write_text(json.dumps(json.loads(MUSIQUE.read_text())[:400]))
-    with connect(services) as driver:
-        ensure_schema(driver)
-        Ingestor(driver, domain).run(load_file(path))
-        build_index(driver, domain, Embedder()).save(index_dir(services.state_dir, domain))
+    with musique_domain(services, tmp_path_factory.mktemp("corpus"), "test-ui") as domain:
         yield domain
-        driver.execute_query("MATCH (n {domain: $d}) DETACH DELETE n", d=domain)
-    shutil.rmtree(index_dir(services.state_dir, domain), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def worker(ui_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One `kap worker` on the campaign queues and `default` (the explorer's tasks)."""
-    from kap.platform.services.process import terminate
-
     logs = tmp_path_factory.mktemp("worker")
-    with (logs / "worker.log").open("wb") as log:
-        proc = subprocess.Popen([KAP, "worker", "--queues", "default,propose,solve,verify",
-                                 "--concurrency", "2"], env=ui_env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = start_worker(ui_env, logs / "worker.log", "default,propose,solve,verify", 2)
     yield logs / "worker.log"
-    if proc.poll() is None:
-        terminate(proc.pid, timeout=60, log=logs)
-    proc.wait()
+    stop_worker(proc, logs)
 
 
 def kap_json(env: dict[str, str], *args: str, timeout: float = 600) -> dict[str, Any]:

@@ -101,12 +101,14 @@ def _trajectory_id(conn: sa.Connection, ref: str) -> tuple[uuid.UUID, dict[str, 
     return row["trajectory_id"], dict(row)
 
 
-def _read_ids(checks: dict[str, Any]) -> list[str]:
-    ids: dict[str, None] = {}
-    for obs in checks.get("observations") or []:
-        for chunk_id in obs.get("read_chunk_ids") or []:
-            ids.setdefault(str(chunk_id))
-    return list(ids)
+def read_chunk_ids(checks: dict[str, Any] | None) -> list[str]:
+    """Chunks a step read in full (its observations' `read_chunk_ids`), in order, once each."""
+    found = (
+        c
+        for obs in (checks or {}).get("observations") or []
+        for c in obs.get("read_chunk_ids") or ()
+    )
+    return list(dict.fromkeys(str(c) for c in found))
 
 
 def trace(
@@ -143,7 +145,7 @@ def trace(
             .first()
         )
         steps = [
-            {**dict(s), "chunk_ids": _read_ids(s["checks"] or {})}
+            {**dict(s), "chunk_ids": read_chunk_ids(s["checks"])}
             for s in conn.execute(
                 sa.text(
                     "SELECT t, role, content, tool, args, observation, tokens, latency_ms, checks "

@@ -128,6 +128,21 @@ def _walk_chain(
     predicates: list[str] | None,
     database: str,
 ) -> Chain | None:
+    path = walk(driver, start, hops, rng, predicates=predicates, database=database)
+    return Chain(domain, tuple(path)) if len(path) == hops else None
+
+
+def walk(
+    driver: neo4j.Driver,
+    start: str,
+    hops: int,
+    rng: random.Random,
+    *,
+    predicates: list[str] | None = None,
+    database: str = "neo4j",
+) -> list[Hop]:
+    """Up to `hops` facts with evidence from `start`, each a random outgoing one to an entity
+    not visited yet, as the proposer samples chains; shorter where the walk gets stuck."""
     path: list[Hop] = []
     seen = {start}
     current = start
@@ -137,13 +152,13 @@ def _walk_chain(
         ).records
         options = [r for r in rows if r["object_id"] not in seen]
         if not options:
-            return None
+            break
         r = rng.choice(options)
         path.append(Hop(current, r["subject_name"], r["predicate"], r["object_id"],
                         r["object_name"], r["rel_id"], tuple(r["evidence"])))  # fmt: skip
         seen.add(r["object_id"])
         current = r["object_id"]
-    return Chain(domain, tuple(path))
+    return path
 
 
 def count_satisfying(

@@ -13,7 +13,6 @@ stderr. Results print as a table, or as JSON with `--json` (stdout carries only 
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -38,13 +37,14 @@ CELL = 80  # characters of one cell in a table (JSON output is never cut)
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, uuid.UUID | Decimal):
-        return str(value) if isinstance(value, uuid.UUID) else float(value)
+    """What json.dumps cannot write itself: ids as text, times in ISO 8601, numerics as floats."""
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
     if isinstance(value, bytes | memoryview):
         return bytes(value).hex()
-    return value
+    return str(value)  # UUID, and anything else PostgreSQL hands back
 
 
 def _dump(data: Any) -> None:
@@ -52,11 +52,12 @@ def _dump(data: Any) -> None:
 
 
 def _cell(value: Any) -> str:
-    text = (
-        json.dumps(value, default=_jsonable, ensure_ascii=False)
-        if isinstance(value, dict | list)
-        else str(_jsonable(value))
-    )
+    if isinstance(value, dict | list):
+        text = json.dumps(value, default=_jsonable, ensure_ascii=False)
+    elif value is None or isinstance(value, str | bool | int | float):
+        text = str(value)
+    else:
+        text = str(_jsonable(value))
     return text if len(text) <= CELL else text[: CELL - 1] + "…"
 
 

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from kap.platform.curation.conversations import records
+from kap.platform.curation.datasets import find_dataset
 from kap.platform.db.models import Dataset, DatasetItem
 from kap.platform.errors import CurationError
 from kap.training.chat import Conversation, validate_messages
@@ -46,21 +47,10 @@ class Snapshot:
 
 def _find(session: Session, ref: str | uuid.UUID) -> Dataset:
     """By id, by `name@version`, or by name (its newest frozen version)."""
-    query = sa.select(Dataset)
-    if isinstance(ref, uuid.UUID):
-        found = session.get(Dataset, ref)
-    else:
-        try:
-            found = session.get(Dataset, uuid.UUID(ref))
-        except ValueError:
-            name, _, version = ref.partition("@")
-            if version:
-                if not version.isdigit():
-                    raise DatasetError(f"dataset {ref!r}: version must be a number") from None
-                query = query.where(Dataset.name == name, Dataset.version == int(version))
-            else:
-                query = query.where(Dataset.name == name, Dataset.frozen)
-            found = session.scalars(query.order_by(Dataset.version.desc()).limit(1)).first()
+    try:
+        found = find_dataset(session, ref, newest_frozen=True)
+    except CurationError as exc:
+        raise DatasetError(str(exc)) from None
     if found is None:
         raise DatasetError(f"no dataset {str(ref)!r} (give an id, a name, or name@version)")
     if not found.frozen or found.content_hash is None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
 
 import streamlit as st
 
 from kap.graphstore.queries import DOMAINS
-from kap.graphstore.sampling import FIND_EXACT, OUTGOING
+from kap.graphstore.sampling import FIND_EXACT, Hop, walk
 from kap.graphstore.text import normalize_name
 from kap.ui import stores
 from kap.ui.queries import EXCERPT_CHARS, Row, rows
@@ -207,19 +206,7 @@ def region_tasks(db: str, entity_ids: tuple[str, ...], limit: int = 50) -> list[
     return rows(REGION_TASKS, ids=list(entity_ids), limit=limit)
 
 
-def sample_region(entity_id: str, hops: int, seed: int) -> list[Row]:
+def sample_region(entity_id: str, hops: int, seed: int) -> list[Hop]:
     """A seeded relation chain of up to `hops` facts starting at the entity, as the proposer
     samples them (facts with evidence, no entity twice)."""
-    rng = random.Random(seed)
-    path: list[Row] = []
-    seen, current = {entity_id}, entity_id
-    for _ in range(hops):
-        options = [r for r in stores.read(OUTGOING, id=current, predicates=None)
-                   if r["object_id"] not in seen]  # fmt: skip
-        if not options:
-            break
-        hop: dict[str, Any] = dict(rng.choice(options))
-        path.append(hop)
-        seen.add(hop["object_id"])
-        current = hop["object_id"]
-    return path
+    return list(stores.graph_call(walk, entity_id, hops, random.Random(seed)))

@@ -13,6 +13,7 @@ from typing import Any
 
 import streamlit as st
 
+from kap.graphstore import provenance
 from kap.ui.queries import Row, rows
 
 PAGE_SIZE = 25
@@ -154,6 +155,4 @@ def pages(n_steps: int, size: int = PAGE_SIZE) -> int:
 
 def read_chunk_ids(step: Row) -> list[str]:
     """Chunks a step read in full (its observations' `read_chunk_ids`), in order, once."""
-    checks = step.get("checks") or {}
-    found = [c for obs in checks.get("observations") or [] for c in obs.get("read_chunk_ids", ())]
-    return list(dict.fromkeys(str(c) for c in found))
+    return provenance.read_chunk_ids(step.get("checks"))

@@ -26,7 +26,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -133,8 +133,10 @@ def create_dataset(
     With `idempotency_key`, a second call with the same key returns the first call's dataset.
     """
     check_name(name)
-    if idempotency_key is not None and (made := _by_key(engine, idempotency_key)) is not None:
-        return made
+    if idempotency_key is not None:  # a redelivery need not run the selection again
+        with Session(engine) as session:
+            if made := _by_key(session, idempotency_key):
+                return made
     ids = _selected_ids(curator, sql)
     with Session(engine) as session, session.begin():
         # Versions of one name are numbered one at a time (two creators never collide).
@@ -172,13 +174,10 @@ def create_dataset(
         return _info(frozen)
 
 
-def _by_key(bind: sa.Engine | Session, key: str) -> DatasetInfo | None:
+def _by_key(session: Session, key: str) -> DatasetInfo | None:
     query = sa.select(Dataset).where(Dataset.idempotency_key == key, Dataset.frozen)
-    if isinstance(bind, Session):
-        row = bind.scalars(query).first()
-        return None if row is None else _info(row)
-    with Session(bind) as session:
-        return _by_key(session, key)
+    row = session.scalars(query).first()
+    return None if row is None else _info(row)
 
 
 def list_datasets(engine: sa.Engine) -> list[DatasetInfo]:
@@ -188,56 +187,80 @@ def list_datasets(engine: sa.Engine) -> list[DatasetInfo]:
         return [_info(row) for row in session.scalars(query)]
 
 
-def get_dataset(engine: sa.Engine, name: str, version: int | None = None) -> DatasetInfo:
-    """`name` at `version`, or its newest version; accepts `NAME@V` as the name."""
-    if version is None and "@" in name:
-        name, _, text = name.partition("@")
+def find_dataset(
+    session: Session,
+    ref: str | uuid.UUID,
+    version: int | None = None,
+    *,
+    newest_frozen: bool = False,
+) -> Dataset | None:
+    """By id, by `NAME@VERSION` (or `NAME` and `version`), or by name: its newest version, or
+    its newest frozen one with `newest_frozen`. None when there is no such dataset."""
+    if isinstance(ref, uuid.UUID):
+        return session.get(Dataset, ref)
+    try:
+        return session.get(Dataset, uuid.UUID(ref))
+    except ValueError:
+        pass
+    name = ref
+    if version is None and "@" in ref:
+        name, _, text = ref.partition("@")
         if not text.isdigit():
-            raise CurationError(f"dataset {name}@{text}: the version must be a number")
+            raise CurationError(f"dataset {ref!r}: the version must be a number")
         version = int(text)
+    query = sa.select(Dataset).where(Dataset.name == name)
+    if version is not None:
+        query = query.where(Dataset.version == version)
+    elif newest_frozen:
+        query = query.where(Dataset.frozen)
+    return session.scalars(query.order_by(Dataset.version.desc()).limit(1)).first()
+
+
+def get_dataset(engine: sa.Engine, name: str, version: int | None = None) -> DatasetInfo:
+    """`name` at `version`, or its newest version; accepts `NAME@V` (or an id) as the name."""
     with Session(engine) as session:
-        query = sa.select(Dataset).where(Dataset.name == name)
-        if version is not None:
-            query = query.where(Dataset.version == version)
-        row = session.scalars(query.order_by(Dataset.version.desc()).limit(1)).first()
+        row = find_dataset(session, name, version)
         if row is None:
-            at = f"@{version}" if version is not None else ""
+            shown = name if version is None else f"{name}@{version}"
             known = session.scalars(sa.select(Dataset.name).distinct().limit(10)).all()
             hint = f" (datasets: {', '.join(sorted(known))})" if known else " (there are none yet)"
-            raise CurationError(f"no dataset {name}{at}{hint}")
+            raise CurationError(f"no dataset {shown}{hint}")
         return _info(row)
 
 
-def item_ids(engine: sa.Engine, dataset: DatasetInfo) -> list[uuid.UUID]:
+def _items(engine: sa.Engine, dataset: DatasetInfo) -> list[tuple[uuid.UUID, str]]:
+    """(trajectory id, item hash) of every item, in position order."""
     with Session(engine) as session:
         query = (
-            sa.select(DatasetItem.trajectory_id)
+            sa.select(DatasetItem.trajectory_id, DatasetItem.item_hash)
             .where(DatasetItem.dataset_id == dataset.id)
             .order_by(DatasetItem.position)
         )
-        return list(session.scalars(query))
+        return [(trajectory_id, hashed) for trajectory_id, hashed in session.execute(query)]
 
 
-def dataset_records(engine: sa.Engine, dataset: DatasetInfo) -> Iterator[dict[str, Any]]:
-    """The dataset's export records in item order, with the dataset's ref and positions."""
-    ids = item_ids(engine, dataset)
+def _records(
+    engine: sa.Engine, dataset: DatasetInfo, ids: list[uuid.UUID]
+) -> Iterator[dict[str, Any]]:
     with Session(engine) as session:
         for position, record in enumerate(records(session, ids)):
             yield {**record, "dataset": dataset.ref, "position": position}
 
 
+def dataset_records(engine: sa.Engine, dataset: DatasetInfo) -> Iterator[dict[str, Any]]:
+    """The dataset's export records in item order, with the dataset's ref and positions."""
+    return _records(
+        engine, dataset, [trajectory_id for trajectory_id, _ in _items(engine, dataset)]
+    )
+
+
 def verify(engine: sa.Engine, dataset: DatasetInfo) -> list[int]:
     """Positions whose stored conversation no longer hashes to the frozen item hash."""
-    with Session(engine) as session:
-        stored = list(
-            session.scalars(
-                sa.select(DatasetItem.item_hash)
-                .where(DatasetItem.dataset_id == dataset.id)
-                .order_by(DatasetItem.position)
-            )
-        )
-    now = [item_hash(record) for record in dataset_records(engine, dataset)]
-    changed = [i for i, (a, b) in enumerate(zip(stored, now, strict=True)) if a != b]
+    items = _items(engine, dataset)
+    now = [item_hash(r) for r in _records(engine, dataset, [i for i, _ in items])]
+    changed = [
+        i for i, ((_, stored), new) in enumerate(zip(items, now, strict=True)) if stored != new
+    ]
     if not changed and content_hash(now) != dataset.content_hash:
         changed = list(range(len(now)))  # the items agree but the list does not
     return changed
@@ -317,7 +340,3 @@ def export_bytes(engine: sa.Engine, name: str, version: int | None, fmt: Format)
     buffer = io.BytesIO()
     write_export(engine, get_dataset(engine, name, version), fmt, buffer)
     return buffer.getvalue()
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

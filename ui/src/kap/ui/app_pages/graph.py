@@ -157,11 +157,11 @@ with region_tab:
     chain = graph_data.sample_region(node["id"], region_hops, int(seed))
     if chain:
         st.markdown("Sampled region: " + " → ".join(
-            [f"**{chain[0]['subject_name']}**"]
-            + [f"*{h['predicate']}* → **{h['object_name']}**" for h in chain]))  # fmt: skip
+            [f"**{chain[0].subject_name}**"]
+            + [f"*{h.predicate}* → **{h.object_name}**" for h in chain]))  # fmt: skip
     else:
         st.caption("No outgoing fact with evidence starts here.")
-    members = (node["id"], *(h["object_id"] for h in chain))
+    members = (node["id"], *(h.object_id for h in chain))
     tasks = graph_data.region_tasks(db, tuple(dict.fromkeys(members)))
     st.subheader("Tasks proposed from regions containing these entities")
     if tasks:
